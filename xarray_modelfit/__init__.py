@@ -1,0 +1,27 @@
+"""Fit astropy models along named dims of xarray data, fast and in parallel.
+
+>>> import xarray_modelfit  # registers the ``.modelfit`` accessor
+"""
+
+from xarray_modelfit import accessor as _accessor  # noqa: F401  (registers the accessor)
+from xarray_modelfit.coords import TimeAxis
+from xarray_modelfit.errors import ModelFitError, ModelFitTypeError, ModelFitWarning
+from xarray_modelfit.evaluate import evaluate, residuals, to_model
+from xarray_modelfit.fit import modelfit
+from xarray_modelfit.kernel.status import Status
+from xarray_modelfit.report import failures, summary
+
+__all__ = [
+    "ModelFitError",
+    "ModelFitTypeError",
+    "ModelFitWarning",
+    "Status",
+    "TimeAxis",
+    "evaluate",
+    "failures",
+    "modelfit",
+    "residuals",
+    "summary",
+    "to_model",
+]
+__version__ = "0.1.0"

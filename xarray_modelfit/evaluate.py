@@ -1,0 +1,112 @@
+"""Use a result: the fitted astropy model, the model on a grid, residuals."""
+
+from __future__ import annotations
+
+import json
+
+import astropy.units as u
+import numpy as np
+import xarray as xr
+
+from xarray_modelfit.coords import TimeAxis, world_inputs
+from xarray_modelfit.errors import ModelFitError
+from xarray_modelfit.kernel.chunk import evaluate_chunk
+from xarray_modelfit.serialize import model_from_json
+from xarray_modelfit.units import parse_unit
+
+INPUT_DIM = "_input"
+
+
+def _info(result: xr.Dataset, prefix: str):
+    attrs = result.attrs
+    if "model" not in attrs:
+        raise ModelFitError("this Dataset is not a modelfit result (no 'model' in its attrs)")
+    names = json.loads(attrs["param_names"])
+    missing = [f"{prefix}{n}" for n in names if f"{prefix}{n}" not in result]
+    if missing:
+        raise ModelFitError(
+            f"result has no variables {missing}; for a Dataset fit pass prefix='{{var}}_'"
+        )
+    return names, model_from_json(attrs["model"])
+
+
+def _rename_data(result: xr.Dataset, model):
+    if not int(result.attrs.get("model_has_units", 0)):
+        return None
+    in_units = [parse_unit(s) if s else u.dimensionless_unscaled for s in json.loads(result.attrs["model_input_units"])]
+    data_unit = parse_unit(result.attrs["model_data_units"] or "")
+    rename = {model.inputs[0]: (0,) * in_units[0], model.outputs[0]: (0,) * data_unit}
+    if model.n_inputs == 2:
+        rename[model.inputs[1]] = (0,) * in_units[1]
+    else:
+        rename["z"] = None
+    return rename
+
+
+def to_model(result: xr.Dataset, prefix: str = ""):
+    """The fitted astropy model, with array parameters over the iterated dims.
+
+    As astropy's ``parallel_fit_dask`` returns it: parameter arrays have the
+    shape of the result's maps (dims in ``result[param].dims`` order), units
+    restored.
+    """
+    names, model = _info(result, prefix)
+    values = {n: np.asarray(result[f"{prefix}{n}"].values) for n in names}
+    model = model.copy()
+    model._reset_parameters(**values)
+    rename = _rename_data(result, model)
+    return model if rename is None else model.with_units_from_data(**rename)
+
+
+def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataArray:
+    """The fitted model on ``da``'s grid (lazy if either is dask-backed).
+
+    ``da`` supplies the coordinates of the fitting dims (it can be the data
+    itself, or a DataArray on a finer grid) and is matched to the result's
+    iterated dims by name.
+    """
+    names, model = _info(result, prefix)
+    fit_dims = json.loads(result.attrs["fit_dims"])
+    origins = json.loads(result.attrs.get("time_origins", "null")) or [None] * len(fit_dims)
+    coords = {}
+    for dim, origin in zip(fit_dims, origins, strict=True):
+        if origin is not None:
+            coords[dim] = TimeAxis(origin=origin.split(" (")[0])
+    worlds = world_inputs(da, fit_dims, coords)
+    if int(result.attrs.get("model_has_units", 0)):
+        targets = json.loads(result.attrs["model_input_units"])
+        values = []
+        for w, t in zip(worlds, targets, strict=True):
+            v = w.values
+            if w.unit is not None and t:
+                v = v.copy(data=w.unit.to(parse_unit(t), v.data))
+            values.append(v)
+    else:
+        values = [w.values for w in worlds]
+    template = xr.DataArray(np.zeros([da.sizes[d] for d in fit_dims]), dims=fit_dims)
+    world = xr.concat([xr.broadcast(v, template)[0] for v in values], dim=INPUT_DIM)
+    params = xr.concat([result[f"{prefix}{n}"].drop_vars(list(result[f"{prefix}{n}"].coords)) for n in names], dim="param")
+    out = xr.apply_ufunc(
+        evaluate_chunk,
+        world,
+        params,
+        input_core_dims=[[INPUT_DIM, *fit_dims], ["param"]],
+        output_core_dims=[fit_dims],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        kwargs={"model": model, "n_fit_axes": len(fit_dims)},
+    )
+    out = out.assign_coords({k: c for k, c in da.coords.items() if set(c.dims) <= set(out.dims)})
+    out = out.assign_coords({k: c for k, c in result.coords.items() if set(c.dims) <= set(out.dims) and k not in out.coords})
+    unit = result.attrs.get("model_data_units") or da.attrs.get("units")
+    if unit:
+        out.attrs["units"] = unit
+    out.name = "model"
+    return out
+
+
+def residuals(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataArray:
+    """``da`` minus the fitted model, on ``da``'s grid."""
+    res = da - evaluate(result, da, prefix=prefix)
+    res.name = "residual"
+    return res

@@ -1,0 +1,403 @@
+"""``modelfit``: validate, normalise, plan, ``apply_ufunc``, assemble.
+
+The xarray layer never loops over positions: it turns the user's arguments
+into aligned arrays and one :class:`~xarray_modelfit.kernel.chunk.FitPlan`,
+maps :func:`~xarray_modelfit.kernel.chunk.fit_chunk` over dask chunks with
+``xr.apply_ufunc(..., dask="parallelized")`` and hands the packed output to
+:mod:`xarray_modelfit.results`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from xarray_modelfit import results
+from xarray_modelfit.coords import world_inputs
+from xarray_modelfit.errors import ModelFitError, ModelFitTypeError
+from xarray_modelfit.kernel import diagnostics as _diag
+from xarray_modelfit.kernel.block import EngineSetup
+from xarray_modelfit.kernel.chunk import FitPlan, OutputLayout, fit_chunk
+from xarray_modelfit.params import PARAM_DIM, bounds_arrays, initial_values
+from xarray_modelfit.units import convert_values, parse_unit, strip_model_units
+
+INPUT_DIM = "_input"
+OUT_DIM = "_out"
+AXIS_DIM = "_axis"
+
+#: fits per chunk when ``chunk_n_max`` is not given (astropy's default for the loop engine)
+DEFAULT_CHUNK_N_MAX = {"loop": 500, "batched": 20_000}
+#: scheduler when ``scheduler`` is not given
+DEFAULT_SCHEDULER = {"loop": "processes", "batched": "threads"}
+
+Engine = Literal["auto", "loop", "batched"]
+
+
+def modelfit(
+    obj: xr.DataArray | xr.Dataset,
+    model,
+    dims: Hashable | Sequence[Hashable],
+    *,
+    fitter=None,
+    coords: Mapping[Hashable, Any] | None = None,
+    p0: Mapping[str, Any] | None = None,
+    bounds: Mapping[str, Any] | None = None,
+    weights=None,
+    mask=None,
+    skipna: bool = True,
+    data_unit=None,
+    equivalencies=None,
+    fitter_kwargs: Mapping[str, Any] | None = None,
+    engine: Engine = "auto",
+    chunk_n_max: int | None = None,
+    scheduler=None,
+    compute: bool = True,
+    diagnostics: str | None = None,
+    diagnostics_path: str | Path | None = None,
+    diagnostics_callable=None,
+    covariance: bool = False,
+) -> xr.Dataset:
+    """Fit an astropy model along ``dims`` at every other position of ``obj``.
+
+    Parameters
+    ----------
+    obj : DataArray or Dataset
+        The data. For a Dataset, every data variable that has all of ``dims``
+        is fitted and its outputs are prefixed ``{var}_``.
+    model : astropy.modeling.Model
+        Any fittable model (compound models included) giving the initial
+        values, ``fixed``, ``tied`` and ``bounds``. Parameters may be
+        Quantities; array-valued parameters broadcast over the iterated dims.
+    dims : str or sequence of str
+        The fitting dims, one per model input, in the order of the model's
+        inputs (``("x", "y")`` for a 2-d model). All other dims are iterated.
+    fitter : astropy fitter, optional
+        An instance; ``TRFLSQFitter()`` by default. Any astropy fitter works,
+        and so does a user's own fitter object.
+    coords : mapping, optional
+        World input per fitting dim: a coordinate name, a 1-d array, a
+        DataArray (may vary over iterated dims) or a :class:`TimeAxis`.
+        Default: the dim's coordinate, or the pixel index if it has none.
+    p0, bounds : mapping, optional
+        Initial values ``{param: value}`` and bounds ``{param: (lo, hi)}``;
+        scalars, Quantities, arrays or DataArrays over iterated dims.
+    weights, mask : DataArray or array, optional
+        ``1/sigma`` weights and a boolean mask (True = excluded), broadcastable
+        to the data.
+    skipna : bool
+        Leave NaN/inf points out of each fit (default) instead of failing it.
+    data_unit : str or astropy Unit, optional
+        Unit of the data; default ``obj.attrs["units"]``.
+    equivalencies : list, optional
+        Unit equivalencies for converting the world inputs.
+    fitter_kwargs : mapping, optional
+        Passed to every fitter call (``maxiter``, ``acc``, ...).
+    engine : {"auto", "loop", "batched"}
+        ``"loop"`` calls the fitter once per fit; ``"batched"`` fits a whole
+        chunk at once with a vectorised solver; ``"auto"`` picks ``"batched"``
+        when it supports the model and fitter.
+    chunk_n_max : int, optional
+        Maximum number of fits per chunk (500 for the loop engine, 20000 for
+        the batched engine by default).
+    scheduler : str or Client, optional
+        ``"synchronous"``, ``"threads"``, ``"processes"``, ``"default"``
+        (whatever dask is set to, e.g. an active distributed Client) or a
+        Client. Default: processes for the loop engine, threads for batched.
+    compute : bool
+        If False, return the Dataset backed by dask without computing.
+    diagnostics : {None, "error", "error+warn", "all"}
+        Write a folder per selected fit under ``diagnostics_path``.
+    diagnostics_path : path, optional
+        Required when ``diagnostics`` is set.
+    diagnostics_callable : callable, optional
+        ``f(path, world, data, weights, model, fitter_kwargs)`` called in each
+        diagnostics folder.
+    covariance : bool
+        Also return ``fit_covariance`` over ``(param, param_j)``.
+
+    Returns
+    -------
+    xarray.Dataset
+        One map per parameter (named ``model.param_names``), ``{param}_stderr``,
+        ``fit_*`` diagnostics and a summary in the attrs.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> from astropy.modeling import models
+    >>> import xarray_modelfit
+    >>> v = np.linspace(-5, 5, 41)
+    >>> amp = xr.DataArray([1.0, 2.0], dims="pix")
+    >>> cube = amp * np.exp(-0.5 * xr.DataArray(v, dims="v", coords={"v": v}) ** 2)
+    >>> fit = cube.modelfit(models.Gaussian1D(1, 0.5, 2), dims="v", scheduler="synchronous")
+    >>> np.round(fit["amplitude"].values, 6).tolist()
+    [1.0, 2.0]
+    """
+    if isinstance(obj, xr.Dataset):
+        return _fit_dataset(obj, model, dims, locals())
+    if not isinstance(obj, xr.DataArray):
+        raise ModelFitTypeError(f"obj must be an xarray DataArray or Dataset, got {type(obj).__name__}")
+    kwargs = {k: v for k, v in locals().items() if k not in ("obj", "model", "dims")}
+    return _fit_dataarray(obj, model, dims, **kwargs)
+
+
+def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
+    dims_t = _normalise_dims(dims)
+    names = [name for name, var in ds.data_vars.items() if all(d in var.dims for d in dims_t)]
+    if not names:
+        raise ModelFitError(f"no data variable of the Dataset has all fitting dims {list(dims_t)}")
+    kwargs = {k: v for k, v in args.items() if k not in ("obj", "model", "dims")}
+    parts = []
+    for name in names:
+        fitted = _fit_dataarray(ds[name], model, dims_t, **{**kwargs, "compute": False})
+        parts.append(results.prefixed(fitted, f"{name}_"))
+    out = xr.merge(parts, combine_attrs="drop_conflicts")
+    out.attrs.update(results.dataset_attrs(parts, names))
+    if args["compute"]:
+        out = _compute(out, args["scheduler"], parts[0].attrs["engine"])
+        out.attrs.update(results.counts(out, prefixes=[f"{n}_" for n in names]))
+    return out
+
+
+def _normalise_dims(dims) -> tuple[Hashable, ...]:
+    if isinstance(dims, str) or not isinstance(dims, Sequence):
+        return (dims,)
+    return tuple(dims)
+
+
+def _validate_model_fitter(model, fitter):
+    from astropy.modeling import Model, fitting
+
+    if not isinstance(model, Model):
+        raise ModelFitTypeError(
+            f"model must be an astropy.modeling Model instance, got {type(model).__name__}"
+        )
+    if model.n_outputs != 1:
+        raise ModelFitError(f"model must have one output, {model.name or type(model).__name__} has {model.n_outputs}")
+    if fitter is None:
+        fitter = fitting.TRFLSQFitter()
+    if isinstance(fitter, type):
+        raise ModelFitTypeError(f"fitter must be a fitter instance, got the class {fitter.__name__}; call it: {fitter.__name__}()")
+    if not isinstance(fitter, fitting.Fitter) and not callable(fitter):
+        raise ModelFitTypeError(
+            f"fitter must be an astropy fitter instance (e.g. TRFLSQFitter()) or a callable "
+            f"fitter object, got {type(fitter).__name__}"
+        )
+    return fitter
+
+
+def _select_engine(engine: str, model, fitter) -> str:
+    if engine not in ("auto", "loop", "batched"):
+        raise ModelFitError(f"engine must be 'auto', 'loop' or 'batched', got {engine!r}")
+    if engine == "loop":
+        return "loop"
+    from xarray_modelfit.kernel.batched import batched_support
+
+    reason = batched_support(model, fitter)
+    if reason is None:
+        return "batched"
+    if engine == "batched":
+        raise ModelFitError(f"engine='batched' cannot fit this: {reason}. Use engine='loop'")
+    return "loop"
+
+
+def _aux_array(value, obj: xr.DataArray, fit_dims, what: str, dtype) -> xr.DataArray:
+    """weights/mask as a DataArray with every fitting dim (a 0-d placeholder if None)."""
+    if value is None:
+        return xr.DataArray(np.zeros((), dtype=dtype))
+    if isinstance(value, xr.DataArray):
+        bad = [d for d in value.dims if d not in obj.dims]
+        if bad:
+            raise ModelFitError(
+                f"{what} has dims {list(value.dims)}, but {bad} are not dims of the data {list(obj.dims)}"
+            )
+        for d in value.dims:
+            if value.sizes[d] != obj.sizes[d]:
+                raise ModelFitError(f"{what} has length {value.sizes[d]} along {d!r}; the data has {obj.sizes[d]}")
+        da = value.drop_vars(list(value.coords))
+    else:
+        arr = np.asarray(value) if not hasattr(value, "dask") and not hasattr(value, "chunks") else value
+        try:
+            np.broadcast_shapes(arr.shape, obj.shape)
+        except ValueError:
+            raise ModelFitError(f"{what} has shape {arr.shape}, which does not broadcast to the data shape {obj.shape} (dims {list(obj.dims)})") from None
+        da = xr.DataArray(arr, dims=obj.dims[obj.ndim - arr.ndim :])
+        da = da.squeeze([d for d in da.dims if da.sizes[d] == 1 and obj.sizes[d] != 1], drop=True)
+    if not (np.issubdtype(da.dtype, np.number) or da.dtype == bool):
+        raise ModelFitTypeError(f"{what} must be numeric or boolean, got dtype {da.dtype}")
+    missing = [d for d in fit_dims if d not in da.dims]
+    if missing:
+        da = da.expand_dims({d: obj.sizes[d] for d in missing})
+    return da.astype(dtype)
+
+
+def _chunked(obj: xr.DataArray, fit_dims, iter_dims, n_max: int) -> xr.DataArray:
+    """Fitting dims in one chunk, at most ``n_max`` fits per chunk; keep good native chunks."""
+    import dask
+
+    n_points = math.prod(obj.sizes[d] for d in fit_dims)
+    if obj.chunks is not None:
+        chunks = dict(zip(obj.dims, obj.chunks, strict=True))
+        fits_per_chunk = math.prod(max(chunks[d]) for d in iter_dims) if iter_dims else 1
+        if all(len(chunks[d]) == 1 for d in fit_dims) and fits_per_chunk <= n_max:
+            return obj
+    limit = max(n_max * n_points * obj.dtype.itemsize, 1)
+    spec = {d: -1 for d in fit_dims} | {d: "auto" for d in iter_dims}
+    with dask.config.set({"array.chunk-size": limit}):
+        return obj.chunk(spec)
+
+
+def _fit_dataarray(
+    obj: xr.DataArray,
+    model,
+    dims,
+    *,
+    fitter,
+    coords,
+    p0,
+    bounds,
+    weights,
+    mask,
+    skipna,
+    data_unit,
+    equivalencies,
+    fitter_kwargs,
+    engine,
+    chunk_n_max,
+    scheduler,
+    compute,
+    diagnostics,
+    diagnostics_path,
+    diagnostics_callable,
+    covariance,
+) -> xr.Dataset:
+    fit_dims = _normalise_dims(dims)
+    fitter = _validate_model_fitter(model, fitter)
+    for d in fit_dims:
+        if d not in obj.dims:
+            raise ModelFitError(f"fitting dim {d!r} is not a dim of the data; data dims are {list(obj.dims)}")
+    if len(set(fit_dims)) != len(fit_dims):
+        raise ModelFitError(f"dims {list(fit_dims)} names a dim twice")
+    if len(fit_dims) != model.n_inputs:
+        raise ModelFitError(
+            f"the model has {model.n_inputs} input(s) {list(model.inputs)}, but dims={list(fit_dims)} "
+            f"gives {len(fit_dims)}; give one fitting dim per model input"
+        )
+    if not np.issubdtype(obj.dtype, np.number) or np.issubdtype(obj.dtype, np.complexfloating):
+        raise ModelFitTypeError(f"data must be real numbers, got dtype {obj.dtype}")
+    if diagnostics not in _diag.MODES:
+        raise ModelFitError(f"diagnostics must be None, 'error', 'error+warn' or 'all', got {diagnostics!r}")
+    if diagnostics is not None:
+        if diagnostics_path is None:
+            raise ModelFitError(f"diagnostics={diagnostics!r} needs diagnostics_path, the folder to write to")
+        Path(diagnostics_path).mkdir(parents=True, exist_ok=True)
+    if diagnostics_callable is not None and not callable(diagnostics_callable):
+        raise ModelFitTypeError("diagnostics_callable must be callable")
+    if fitter_kwargs is not None and not isinstance(fitter_kwargs, Mapping):
+        raise ModelFitTypeError(f"fitter_kwargs must be a mapping, got {type(fitter_kwargs).__name__}")
+    if chunk_n_max is not None and (not isinstance(chunk_n_max, int | np.integer) or chunk_n_max < 1):
+        raise ModelFitError(f"chunk_n_max must be a positive integer, got {chunk_n_max!r}")
+
+    iter_dims = tuple(d for d in obj.dims if d not in fit_dims)
+    iter_shape = tuple(obj.sizes[d] for d in iter_dims)
+
+    # world inputs and units
+    worlds = world_inputs(obj, fit_dims, coords)
+    unit = parse_unit(data_unit if data_unit is not None else obj.attrs.get("units"), what="data units")
+    unitless, conversions, units_ctx = strip_model_units(
+        model, [w.unit for w in worlds], unit, equivalencies
+    )
+    world_arrays = [
+        w.values.copy(data=convert_values(w.values.data, conv, equivalencies))
+        for w, conv in zip(worlds, conversions, strict=True)
+    ]
+    template = xr.DataArray(np.zeros([obj.sizes[d] for d in fit_dims]), dims=fit_dims)
+    world_arrays = [xr.broadcast(w, template)[0] for w in world_arrays]
+    world = xr.concat(world_arrays, dim=INPUT_DIM, join="exact", coords="minimal")
+
+    engine_name = _select_engine(engine, unitless, fitter)
+    p0_da = initial_values(unitless, p0, units_ctx.param_units, iter_dims, iter_shape)
+    lower, upper = bounds_arrays(unitless, bounds, units_ctx.param_units, iter_dims, iter_shape)
+    weights_da = _aux_array(weights, obj, fit_dims, "weights", np.float64)
+    mask_da = _aux_array(mask, obj, fit_dims, "mask", bool)
+
+    n_max = chunk_n_max or DEFAULT_CHUNK_N_MAX[engine_name]
+    data = _chunked(obj.drop_vars(list(obj.coords)), fit_dims, iter_dims, n_max)
+    if diagnostics is not None and iter_dims:
+        position = xr.concat(
+            [xr.DataArray(np.arange(obj.sizes[d]), dims=(d,)) for d in iter_dims], dim=AXIS_DIM
+        )
+        position = position.chunk({d: data.chunksizes[d] for d in iter_dims})
+        pos_core = [AXIS_DIM]
+    else:
+        position, pos_core = xr.DataArray(np.zeros((), dtype=np.int64)), []
+
+    n_free = sum(1 for n in unitless.param_names if not unitless.fixed[n] and not unitless.tied[n])
+    layout = OutputLayout(len(unitless.param_names), covariance)
+    setup = EngineSetup(
+        model=unitless,
+        fitter=fitter,
+        fitter_kwargs=dict(fitter_kwargs or {}),
+        covariance=covariance,
+        diagnostics=diagnostics,
+        diagnostics_path=None if diagnostics_path is None else str(diagnostics_path),
+        diagnostics_callable=diagnostics_callable,
+        index_width=max(1, math.ceil(math.log10(max(iter_shape)))) if iter_shape and max(iter_shape) > 0 else 1,
+    )
+    plan = FitPlan(engine_name, setup, len(fit_dims), n_free, layout, skipna)
+    fd = list(fit_dims)
+    packed = xr.apply_ufunc(
+        fit_chunk,
+        data,
+        weights_da,
+        mask_da,
+        world,
+        p0_da,
+        lower,
+        upper,
+        position,
+        input_core_dims=[
+            fd,
+            fd if weights is not None else [],
+            fd if mask is not None else [],
+            [INPUT_DIM, *fd],
+            [PARAM_DIM],
+            [PARAM_DIM],
+            [PARAM_DIM],
+            pos_core,
+        ],
+        output_core_dims=[[OUT_DIM]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        dask_gufunc_kwargs={"output_sizes": {OUT_DIM: layout.size}},
+        kwargs={"plan": plan},
+    )
+    out = results.assemble(
+        packed.transpose(*iter_dims, OUT_DIM),
+        obj=obj,
+        layout=layout,
+        model=model,
+        unitless=unitless,
+        units_ctx=units_ctx,
+        fit_dims=fit_dims,
+        worlds=worlds,
+        fitter=fitter,
+        engine=engine_name,
+    )
+    if compute:
+        out = _compute(out, scheduler, engine_name)
+        out.attrs.update(results.counts(out))
+    return out
+
+
+def _compute(ds: xr.Dataset, scheduler, engine: str) -> xr.Dataset:
+    if scheduler is None:
+        scheduler = DEFAULT_SCHEDULER[engine]
+    if scheduler == "default":
+        return ds.compute()
+    return ds.compute(scheduler=scheduler)

@@ -1,0 +1,120 @@
+"""The loop engine: one astropy fitter call per fit.
+
+Exact astropy semantics for any fitter (LevMar, TRF, DogBox, LM, SLSQP,
+Simplex, Linear, or a user's own): the model's parameters are reset to the
+fit's initial values and bounds, the fitter is called with ``inplace=True`` on
+the fit's valid points, warnings are recorded, and any exception becomes that
+fit's status instead of aborting the run.
+"""
+
+from __future__ import annotations
+
+import traceback
+import warnings
+
+import numpy as np
+
+from xarray_modelfit.kernel import diagnostics
+from xarray_modelfit.kernel.block import BlockResult, EngineSetup, FitBlock
+from xarray_modelfit.kernel.status import Status
+
+
+def _free_indices(model) -> list[int]:
+    return [
+        i
+        for i, name in enumerate(model.param_names)
+        if not model.fixed[name] and not model.tied[name]
+    ]
+
+
+def _outcome(fitter, caught: list) -> Status:
+    info = getattr(fitter, "fit_info", None)
+    if isinstance(info, dict):
+        # scipy.optimize.least_squares: status 0 is "max_nfev exceeded"
+        if info.get("status", None) == 0 and "nfev" in info:
+            return Status.MAX_ITERATIONS
+        # LevMarLSQFitter (scipy.optimize.leastsq): ierr 5 is "maxfev reached"
+        if info.get("ierr", None) == 5:
+            return Status.MAX_ITERATIONS
+    return Status.CONVERGED_WITH_WARNINGS if caught else Status.CONVERGED
+
+
+def _nfev(fitter) -> int:
+    info = getattr(fitter, "fit_info", None)
+    if isinstance(info, dict):
+        for key in ("nfev", "numiter", "nit"):
+            if info.get(key) is not None:
+                return int(info[key])
+    return 0
+
+
+def _covariance(fitter) -> np.ndarray | None:
+    info = getattr(fitter, "fit_info", None)
+    if isinstance(info, dict) and info.get("param_cov") is not None:
+        return np.asarray(info["param_cov"], dtype=float)
+    return None
+
+
+def fit_loop(block: FitBlock, setup: EngineSetup) -> BlockResult:
+    """Fit every active row of ``block`` with one call of ``setup.fitter`` each."""
+    from astropy.modeling.fitting import NonFiniteValueError
+
+    model = setup.model.copy()
+    fitter = setup.fitter
+    names = model.param_names
+    free = _free_indices(model)
+    result = BlockResult.empty(block.n, len(names), setup.covariance)
+    for i in np.flatnonzero(block.active):
+        valid = block.valid[i]
+        x = tuple(xx[valid] for xx in block.x_of(i))
+        y = block.y[i, valid]
+        w = None if block.weights is None else block.weights[i, valid]
+        for j, name in enumerate(names):
+            param = getattr(model, name)
+            param.value = block.p0[i, j]
+            lo, hi = block.lower[i, j], block.upper[i, j]
+            param.bounds = (None if np.isneginf(lo) else lo, None if np.isposinf(hi) else hi)
+        error, caught, fitted = "", [], None
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                kwargs = {} if w is None else {"weights": w}
+                fitted = fitter(model, *x, y, inplace=True, **kwargs, **setup.fitter_kwargs)
+        except NonFiniteValueError as exc:
+            error, status = traceback.format_exc(), Status.SINGULAR
+            result.messages[int(i)] = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            error, status = traceback.format_exc(), Status.FAILED
+            result.messages[int(i)] = f"{type(exc).__name__}: {exc}"
+        else:
+            status = _outcome(fitter, caught)
+            params = np.array([float(np.squeeze(getattr(fitted, n).value)) for n in names])
+            resid = fitted.evaluate(*x, *params) - y
+            if w is not None:
+                resid = resid * w
+            chi2 = float(np.sum(resid**2))
+            if not (np.all(np.isfinite(params)) and np.isfinite(chi2)):
+                status = Status.SINGULAR
+            result.params[i] = params
+            result.chi2[i] = chi2
+            result.nfev[i] = _nfev(fitter)
+            cov = _covariance(fitter)
+            if cov is not None and cov.shape == (len(free), len(free)):
+                result.stderr[i, free] = np.sqrt(np.abs(np.diag(cov)))
+                if result.covariance is not None:
+                    result.covariance[i][np.ix_(free, free)] = cov
+            if caught:
+                result.messages[int(i)] = "; ".join(str(c.message) for c in caught)
+        result.status[i] = status
+        if diagnostics.selected(setup.diagnostics, failed=bool(error), warned=bool(caught)):
+            diagnostics.write(
+                setup,
+                block.index[i],
+                error=error,
+                warnings_text="".join(f"{c}\n" for c in caught),
+                world=x,
+                data=y,
+                weights=w,
+                model=fitted,
+            )
+    return result

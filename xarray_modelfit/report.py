@@ -1,0 +1,65 @@
+"""Human-readable reports of a result: summary and the list of failures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import xarray as xr
+
+from xarray_modelfit.kernel.status import FIRST_FAILURE, STATUS_TABLE, Status
+
+
+def _prefixes(result: xr.Dataset) -> list[str]:
+    if "data_vars_fitted" in result.attrs:
+        return [f"{v}_" for v in json.loads(result.attrs["data_vars_fitted"])]
+    return [""]
+
+
+def summary(result: xr.Dataset, n_worst: int = 5) -> str:
+    """Counts per status, parameter ranges and the worst fits by reduced chi2."""
+    lines = [f"modelfit result: engine={result.attrs.get('engine')}, fitter={result.attrs.get('fitter')}"]
+    names = json.loads(result.attrs["param_names"])
+    for prefix in _prefixes(result):
+        status = np.asarray(result[f"{prefix}fit_status"].values)
+        lines.append(f"{prefix or 'fits'}: {status.size} fits")
+        for s in Status:
+            n = int(np.count_nonzero(status == s))
+            if n:
+                lines.append(f"  {STATUS_TABLE[s][0]:<26} {n:>9}  ({100 * n / status.size:.2f}%)")
+        for name in names:
+            v = np.asarray(result[f"{prefix}{name}"].values, dtype=float)
+            unit = result[f"{prefix}{name}"].attrs.get("units", "")
+            if np.isfinite(v).any():
+                lo, med, hi = np.nanpercentile(v, [1, 50, 99])
+                lines.append(f"  {name:<20} p1={lo:.6g} median={med:.6g} p99={hi:.6g} {unit}")
+        red = result[f"{prefix}fit_redchi2"]
+        values = np.asarray(red.values, dtype=float)
+        if np.isfinite(values).any() and n_worst > 0:
+            order = np.argsort(np.where(np.isfinite(values), values, -np.inf), axis=None)[::-1][:n_worst]
+            lines.append("  worst fits by reduced chi2:")
+            for flat in order:
+                idx = np.unravel_index(flat, values.shape)
+                where = ", ".join(f"{d}={i}" for d, i in zip(red.dims, idx, strict=True))
+                lines.append(f"    {where}: redchi2={values[idx]:.4g}")
+    return "\n".join(lines)
+
+
+def failures(result: xr.Dataset):
+    """A table (pandas DataFrame) of the fits that failed or were skipped."""
+    import pandas as pd
+
+    rows = []
+    for prefix in _prefixes(result):
+        status = result[f"{prefix}fit_status"]
+        bad = status >= int(FIRST_FAILURE)
+        if not bool(bad.any()):
+            continue
+        stacked = status.where(bad).to_series().dropna()
+        for index, code in stacked.items():
+            index = index if isinstance(index, tuple) else (index,)
+            row = {"variable": prefix.rstrip("_") or None}
+            row.update(dict(zip(status.dims, index, strict=True)))
+            row.update(status=int(code), meaning=STATUS_TABLE[Status(int(code))][0])
+            rows.append(row)
+    return pd.DataFrame(rows)
