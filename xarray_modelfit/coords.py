@@ -69,7 +69,9 @@ def _one_input(obj: xr.DataArray, dim: Hashable, spec: Any) -> World:
         else:
             da = xr.DataArray(np.arange(obj.sizes[dim], dtype=float), dims=(dim,))
             return World(da, None, f"pixel index along {dim!r}")
-    elif isinstance(spec, str | Hashable) and not isinstance(spec, np.ndarray | xr.DataArray | list | tuple | u.Quantity):
+    elif isinstance(spec, str | Hashable) and not isinstance(
+        spec, np.ndarray | xr.DataArray | list | tuple | u.Quantity
+    ):
         if spec not in obj.coords:
             raise ModelFitError(
                 f"coords[{dim!r}] names {spec!r}, which is not a coordinate of the data; "
@@ -143,7 +145,9 @@ def _time_world(da: xr.DataArray, time: TimeAxis, source: str) -> World:
         finite = ~np.isnat(values)
         if not finite.any():
             raise ModelFitError(f"{source} holds only NaT; there is no time axis to fit along")
-        origin = np.datetime64(time.origin, "ns") if time.origin is not None else values[finite].min()
+        origin = (
+            np.datetime64(time.origin, "ns") if time.origin is not None else values[finite].min()
+        )
         days = np.where(finite, (values - origin) / np.timedelta64(1, "D"), np.nan)
         origin_str = str(np.datetime_as_string(origin, unit="s"))
     else:
@@ -156,7 +160,11 @@ def _time_world(da: xr.DataArray, time: TimeAxis, source: str) -> World:
         calendar = valid[0].calendar
         origin = time.origin if time.origin is not None else min(valid)
         if isinstance(origin, str):
-            origin = cftime.datetime.strptime(origin[:19], "%Y-%m-%d" if len(origin) <= 10 else "%Y-%m-%dT%H:%M:%S", calendar=calendar)
+            origin = cftime.datetime.strptime(
+                origin[:19],
+                "%Y-%m-%d" if len(origin) <= 10 else "%Y-%m-%dT%H:%M:%S",
+                calendar=calendar,
+            )
         ref = f"days since {origin.strftime('%Y-%m-%d %H:%M:%S')}"
         days = np.array(
             [np.nan if v is None else cftime.date2num(v, ref, calendar=calendar) for v in flat],

@@ -33,7 +33,10 @@ def _info(result: xr.Dataset, prefix: str):
 def _rename_data(result: xr.Dataset, model):
     if not int(result.attrs.get("model_has_units", 0)):
         return None
-    in_units = [parse_unit(s) if s else u.dimensionless_unscaled for s in json.loads(result.attrs["model_input_units"])]
+    in_units = [
+        parse_unit(s) if s else u.dimensionless_unscaled
+        for s in json.loads(result.attrs["model_input_units"])
+    ]
     data_unit = parse_unit(result.attrs["model_data_units"] or "")
     rename = {model.inputs[0]: (0,) * in_units[0], model.outputs[0]: (0,) * data_unit}
     if model.n_inputs == 2:
@@ -85,7 +88,12 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
         values = [w.values for w in worlds]
     template = xr.DataArray(np.zeros([da.sizes[d] for d in fit_dims]), dims=fit_dims)
     world = xr.concat([xr.broadcast(v, template)[0] for v in values], dim=INPUT_DIM)
-    params = xr.concat([result[f"{prefix}{n}"].drop_vars(list(result[f"{prefix}{n}"].coords)) for n in names], dim="param")
+    params = xr.concat(
+        [result[f"{prefix}{n}"].drop_vars(list(result[f"{prefix}{n}"].coords)) for n in names],
+        dim="param",
+    )
+    if params.chunks is not None:
+        params = params.chunk({"param": -1})
     out = xr.apply_ufunc(
         evaluate_chunk,
         world,
@@ -97,7 +105,13 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
         kwargs={"model": model, "n_fit_axes": len(fit_dims)},
     )
     out = out.assign_coords({k: c for k, c in da.coords.items() if set(c.dims) <= set(out.dims)})
-    out = out.assign_coords({k: c for k, c in result.coords.items() if set(c.dims) <= set(out.dims) and k not in out.coords})
+    out = out.assign_coords(
+        {
+            k: c
+            for k, c in result.coords.items()
+            if set(c.dims) <= set(out.dims) and k not in out.coords
+        }
+    )
     unit = result.attrs.get("model_data_units") or da.attrs.get("units")
     if unit:
         out.attrs["units"] = unit

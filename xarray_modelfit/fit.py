@@ -141,7 +141,9 @@ def modelfit(
     if isinstance(obj, xr.Dataset):
         return _fit_dataset(obj, model, dims, locals())
     if not isinstance(obj, xr.DataArray):
-        raise ModelFitTypeError(f"obj must be an xarray DataArray or Dataset, got {type(obj).__name__}")
+        raise ModelFitTypeError(
+            f"obj must be an xarray DataArray or Dataset, got {type(obj).__name__}"
+        )
     kwargs = {k: v for k, v in locals().items() if k not in ("obj", "model", "dims")}
     return _fit_dataarray(obj, model, dims, **kwargs)
 
@@ -178,11 +180,15 @@ def _validate_model_fitter(model, fitter):
             f"model must be an astropy.modeling Model instance, got {type(model).__name__}"
         )
     if model.n_outputs != 1:
-        raise ModelFitError(f"model must have one output, {model.name or type(model).__name__} has {model.n_outputs}")
+        raise ModelFitError(
+            f"model must have one output, {model.name or type(model).__name__} has {model.n_outputs}"
+        )
     if fitter is None:
         fitter = fitting.TRFLSQFitter()
     if isinstance(fitter, type):
-        raise ModelFitTypeError(f"fitter must be a fitter instance, got the class {fitter.__name__}; call it: {fitter.__name__}()")
+        raise ModelFitTypeError(
+            f"fitter must be a fitter instance, got the class {fitter.__name__}; call it: {fitter.__name__}()"
+        )
     if not isinstance(fitter, fitting.Fitter) and not callable(fitter):
         raise ModelFitTypeError(
             f"fitter must be an astropy fitter instance (e.g. TRFLSQFitter()) or a callable "
@@ -218,14 +224,22 @@ def _aux_array(value, obj: xr.DataArray, fit_dims, what: str, dtype) -> xr.DataA
             )
         for d in value.dims:
             if value.sizes[d] != obj.sizes[d]:
-                raise ModelFitError(f"{what} has length {value.sizes[d]} along {d!r}; the data has {obj.sizes[d]}")
+                raise ModelFitError(
+                    f"{what} has length {value.sizes[d]} along {d!r}; the data has {obj.sizes[d]}"
+                )
         da = value.drop_vars(list(value.coords))
     else:
-        arr = np.asarray(value) if not hasattr(value, "dask") and not hasattr(value, "chunks") else value
+        arr = (
+            np.asarray(value)
+            if not hasattr(value, "dask") and not hasattr(value, "chunks")
+            else value
+        )
         try:
             np.broadcast_shapes(arr.shape, obj.shape)
         except ValueError:
-            raise ModelFitError(f"{what} has shape {arr.shape}, which does not broadcast to the data shape {obj.shape} (dims {list(obj.dims)})") from None
+            raise ModelFitError(
+                f"{what} has shape {arr.shape}, which does not broadcast to the data shape {obj.shape} (dims {list(obj.dims)})"
+            ) from None
         da = xr.DataArray(arr, dims=obj.dims[obj.ndim - arr.ndim :])
         da = da.squeeze([d for d in da.dims if da.sizes[d] == 1 and obj.sizes[d] != 1], drop=True)
     if not (np.issubdtype(da.dtype, np.number) or da.dtype == bool):
@@ -280,7 +294,9 @@ def _fit_dataarray(
     fitter = _validate_model_fitter(model, fitter)
     for d in fit_dims:
         if d not in obj.dims:
-            raise ModelFitError(f"fitting dim {d!r} is not a dim of the data; data dims are {list(obj.dims)}")
+            raise ModelFitError(
+                f"fitting dim {d!r} is not a dim of the data; data dims are {list(obj.dims)}"
+            )
     if len(set(fit_dims)) != len(fit_dims):
         raise ModelFitError(f"dims {list(fit_dims)} names a dim twice")
     if len(fit_dims) != model.n_inputs:
@@ -291,16 +307,24 @@ def _fit_dataarray(
     if not np.issubdtype(obj.dtype, np.number) or np.issubdtype(obj.dtype, np.complexfloating):
         raise ModelFitTypeError(f"data must be real numbers, got dtype {obj.dtype}")
     if diagnostics not in _diag.MODES:
-        raise ModelFitError(f"diagnostics must be None, 'error', 'error+warn' or 'all', got {diagnostics!r}")
+        raise ModelFitError(
+            f"diagnostics must be None, 'error', 'error+warn' or 'all', got {diagnostics!r}"
+        )
     if diagnostics is not None:
         if diagnostics_path is None:
-            raise ModelFitError(f"diagnostics={diagnostics!r} needs diagnostics_path, the folder to write to")
+            raise ModelFitError(
+                f"diagnostics={diagnostics!r} needs diagnostics_path, the folder to write to"
+            )
         Path(diagnostics_path).mkdir(parents=True, exist_ok=True)
     if diagnostics_callable is not None and not callable(diagnostics_callable):
         raise ModelFitTypeError("diagnostics_callable must be callable")
     if fitter_kwargs is not None and not isinstance(fitter_kwargs, Mapping):
-        raise ModelFitTypeError(f"fitter_kwargs must be a mapping, got {type(fitter_kwargs).__name__}")
-    if chunk_n_max is not None and (not isinstance(chunk_n_max, int | np.integer) or chunk_n_max < 1):
+        raise ModelFitTypeError(
+            f"fitter_kwargs must be a mapping, got {type(fitter_kwargs).__name__}"
+        )
+    if chunk_n_max is not None and (
+        not isinstance(chunk_n_max, int | np.integer) or chunk_n_max < 1
+    ):
         raise ModelFitError(f"chunk_n_max must be a positive integer, got {chunk_n_max!r}")
 
     iter_dims = tuple(d for d in obj.dims if d not in fit_dims)
@@ -308,7 +332,9 @@ def _fit_dataarray(
 
     # world inputs and units
     worlds = world_inputs(obj, fit_dims, coords)
-    unit = parse_unit(data_unit if data_unit is not None else obj.attrs.get("units"), what="data units")
+    unit = parse_unit(
+        data_unit if data_unit is not None else obj.attrs.get("units"), what="data units"
+    )
     unitless, conversions, units_ctx = strip_model_units(
         model, [w.unit for w in worlds], unit, equivalencies
     )
@@ -323,6 +349,7 @@ def _fit_dataarray(
     engine_name = _select_engine(engine, unitless, fitter)
     p0_da = initial_values(unitless, p0, units_ctx.param_units, iter_dims, iter_shape)
     lower, upper = bounds_arrays(unitless, bounds, units_ctx.param_units, iter_dims, iter_shape)
+    unitless = _scalar_parameters(unitless)
     weights_da = _aux_array(weights, obj, fit_dims, "weights", np.float64)
     mask_da = _aux_array(mask, obj, fit_dims, "mask", bool)
 
@@ -347,7 +374,9 @@ def _fit_dataarray(
         diagnostics=diagnostics,
         diagnostics_path=None if diagnostics_path is None else str(diagnostics_path),
         diagnostics_callable=diagnostics_callable,
-        index_width=max(1, math.ceil(math.log10(max(iter_shape)))) if iter_shape and max(iter_shape) > 0 else 1,
+        index_width=max(1, math.ceil(math.log10(max(iter_shape))))
+        if iter_shape and max(iter_shape) > 0
+        else 1,
     )
     plan = FitPlan(engine_name, setup, len(fit_dims), n_free, layout, skipna)
     fd = list(fit_dims)
@@ -393,6 +422,16 @@ def _fit_dataarray(
         out = _compute(out, scheduler, engine_name)
         out.attrs.update(results.counts(out))
     return out
+
+
+def _scalar_parameters(model):
+    """A copy of ``model`` with scalar parameters (array values travel in ``p0``)."""
+    values = {n: np.ravel(getattr(model, n).value) for n in model.param_names}
+    if all(v.size == 1 for v in values.values()):
+        return model
+    model = model.copy()
+    model._reset_parameters(**{n: float(v[0]) if v.size else np.nan for n, v in values.items()})
+    return model
 
 
 def _compute(ds: xr.Dataset, scheduler, engine: str) -> xr.Dataset:

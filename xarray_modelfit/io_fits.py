@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as dsa
-from dask.base import tokenize
 import numpy as np
 import xarray as xr
 from astropy import units as u
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyUserWarning
 from astropy.wcs import WCS, FITSFixedWarning, Sip
 from astropy.wcs.utils import wcs_to_celestial_frame
+from dask.base import tokenize
 
 from xarray_modelfit.errors import ModelFitError, ModelFitTypeError, warn
 
@@ -38,12 +39,12 @@ LAZY_BYTES = 256 * 2**20
 """Images larger than this (raw data bytes) open lazily even when ``chunks=None``."""
 
 _SPECTRAL_DIMS = {
-    "VOPT": "velocity", "VRAD": "velocity", "VELO": "velocity", "FELO": "velocity",
-    "FREQ": "frequency", "AFRQ": "frequency", "WAVE": "wavelength",
-    "AWAV": "wavelength", "ENER": "energy", "WAVN": "wavenumber", "ZOPT": "redshift",
+    **dict.fromkeys(("VOPT", "VRAD", "VELO", "FELO"), "velocity"),
+    **dict.fromkeys(("FREQ", "AFRQ"), "frequency"),
+    **dict.fromkeys(("WAVE", "AWAV"), "wavelength"),
+    **{"ENER": "energy", "WAVN": "wavenumber", "ZOPT": "redshift"},
 }
-_SKY_NAMES = {"RA": "ra", "DEC": "dec", "GLON": "glon", "GLAT": "glat",
-              "ELON": "elon", "ELAT": "elat", "SLON": "slon", "SLAT": "slat"}
+_SKY_NAMES = {t: t.lower() for t in ("RA", "DEC", "GLON", "GLAT", "ELON", "ELAT", "SLON", "SLAT")}
 _RAW_DTYPES = {8: "u1", 16: "i2", 32: "i4", 64: "i8", -32: "f4", -64: "f8"}
 
 
@@ -64,11 +65,13 @@ def _layout(wcs: WCS, shape: tuple[int, ...], source: str) -> list[str | None]:
     if wcs.naxis != len(shape):
         raise ModelFitError(
             f"{source}: the WCS has {wcs.naxis} axes but the data has {len(shape)} dims "
-            f"(shape {shape})")
+            f"(shape {shape})"
+        )
     if not any(ctypes):
         raise ModelFitError(
             f"{source}: the header has no WCS (no CTYPEn keywords); build the coordinates "
-            "yourself: from_wcs(data, wcs) with an astropy WCS, or xr.DataArray(data, dims=...)")
+            "yourself: from_wcs(data, wcs) with an astropy WCS, or xr.DataArray(data, dims=...)"
+        )
     cel = sorted(i for i in (wcs.wcs.lng, wcs.wcs.lat) if i >= 0)
     dims: list[str | None] = []
     for a, n in enumerate(shape):
@@ -84,20 +87,31 @@ def _layout(wcs: WCS, shape: tuple[int, ...], source: str) -> list[str | None]:
                 f"{source}: axis {i + 1} (CTYPE{i + 1} = {ctypes[i]!r}, length {n}) is "
                 "neither celestial nor spectral; supported are one spectral axis plus a "
                 "celestial pair (other axes only with length 1, which are squeezed). "
-                "Select a plane and use from_wcs(data, wcs.dropaxis(...)) or xr.DataArray")
+                "Select a plane and use from_wcs(data, wcs.dropaxis(...)) or xr.DataArray"
+            )
     return dims
 
 
-def _assemble(data: Any, wcs: WCS, dims: list[str | None], header: str,
-              name: Hashable | None, units: str | None) -> xr.DataArray:
+def _assemble(
+    data: Any,
+    wcs: WCS,
+    dims: list[str | None],
+    header: str,
+    name: Hashable | None,
+    units: str | None,
+) -> xr.DataArray:
     naxis = wcs.naxis
     shape = data.shape
     axis = {d: naxis - 1 - a for a, d in enumerate(dims) if d is not None}
-    n_of = [shape[naxis - 1 - i] for i in range(naxis)]       # length per WCS axis
+    n_of = [shape[naxis - 1 - i] for i in range(naxis)]  # length per WCS axis
     ctypes = [c.strip() for c in wcs.wcs.ctype]
     coords: dict[str, Any] = {}
     for d, i in axis.items():
-        coords[f"pix_{d}"] = (d, np.arange(n_of[i]), {"wcs_axis": i, "long_name": f"FITS pixel index along {ctypes[i]}"})
+        coords[f"pix_{d}"] = (
+            d,
+            np.arange(n_of[i]),
+            {"wcs_axis": i, "long_name": f"FITS pixel index along {ctypes[i]}"},
+        )
 
     def world(pix: dict[int, np.ndarray]) -> list[np.ndarray]:
         grid = np.broadcast_arrays(*pix.values())
@@ -118,8 +132,10 @@ def _assemble(data: Any, wcs: WCS, dims: list[str | None], header: str,
         if lng >= 0:
             corr = wcs.axis_correlation_matrix
             if corr[spec, lng] or corr[spec, lat] or corr[lng, spec] or corr[lat, spec]:
-                warn(f"the spectral axis {ctypes[spec]!r} is coupled to the celestial axes; "
-                     f"the 1-d {sname!r} coordinate holds the values at celestial pixel (0, 0)")
+                warn(
+                    f"the spectral axis {ctypes[spec]!r} is coupled to the celestial axes; "
+                    f"the 1-d {sname!r} coordinate holds the values at celestial pixel (0, 0)"
+                )
     if lng >= 0:
         ix, iy = min(lng, lat), max(lng, lat)
         w = world({iy: np.arange(n_of[iy])[:, None], ix: np.arange(n_of[ix])[None, :]})
@@ -137,13 +153,16 @@ def _assemble(data: Any, wcs: WCS, dims: list[str | None], header: str,
     attrs: dict[str, Any] = {}
     if units is not None:
         attrs["units"] = str(units)
-    squeezed = [ctypes[naxis - 1 - a] or f"AXIS{naxis - a}" for a, d in enumerate(dims) if d is None]
+    squeezed = [
+        ctypes[naxis - 1 - a] or f"AXIS{naxis - a}" for a, d in enumerate(dims) if d is None
+    ]
     if squeezed:
         attrs["squeezed_axes"] = " ".join(squeezed)
     attrs["fits_header"] = header
     index = tuple(0 if d is None else slice(None) for d in dims)
-    return xr.DataArray(data[index], dims=[d for d in dims if d is not None],
-                        coords=coords, attrs=attrs, name=name)
+    return xr.DataArray(
+        data[index], dims=[d for d in dims if d is not None], coords=coords, attrs=attrs, name=name
+    )
 
 
 def _native(array: Any) -> Any:
@@ -155,8 +174,9 @@ def _native(array: Any) -> Any:
     return np.asarray(array, dtype=dtype.newbyteorder("="))
 
 
-def from_wcs(array: Any, wcs: WCS, *, name: Hashable | None = None,
-             units: str | None = None) -> xr.DataArray:
+def from_wcs(
+    array: Any, wcs: WCS, *, name: Hashable | None = None, units: str | None = None
+) -> xr.DataArray:
     """Label an in-memory (numpy or dask) array with the world coordinates of a WCS.
 
     Parameters
@@ -183,7 +203,9 @@ def from_wcs(array: Any, wcs: WCS, *, name: Hashable | None = None,
     ('velocity', 'y', 'x')
     """
     if not isinstance(wcs, WCS):
-        raise ModelFitTypeError(f"from_wcs: wcs must be an astropy.wcs.WCS, got {type(wcs).__name__}")
+        raise ModelFitTypeError(
+            f"from_wcs: wcs must be an astropy.wcs.WCS, got {type(wcs).__name__}"
+        )
     if not hasattr(array, "shape") or not hasattr(array, "dtype"):
         array = np.asarray(array)
     source = "from_wcs"
@@ -215,14 +237,15 @@ class _FitsReader:
 
     def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
         scale = not self.compressed
-        with fits.open(self.path, memmap=True, lazy_load_hdus=True,
-                       do_not_scale_image_data=scale) as hdul:
+        with fits.open(
+            self.path, memmap=True, lazy_load_hdus=True, do_not_scale_image_data=scale
+        ) as hdul:
             hdu = hdul[self.index]
-            raw = np.array(hdu.section[key] if self.compressed else hdu.data[key])
-        raw = raw.astype(raw.dtype.newbyteorder("="), copy=False)
+            raw = hdu.section[key] if self.compressed else hdu.data[key]
+            raw = np.array(raw, dtype=raw.dtype.newbyteorder("="))  # copy out of the memmap
         if self.compressed or raw.dtype == self.dtype:
             return raw.astype(self.dtype, copy=False)
-        if self.dtype.kind in "iu":                       # FITS pseudo-(un)signed integers
+        if self.dtype.kind in "iu":  # FITS pseudo-(un)signed integers
             size = raw.dtype.itemsize
             flip = np.array(1 << (8 * size - 1), dtype=f"u{size}")
             return (raw.view(f"u{size}") ^ flip).view(self.dtype)
@@ -237,10 +260,7 @@ class _FitsReader:
 
 
 def _hdu_listing(hdul: fits.HDUList) -> str:
-    rows = []
-    for row in hdul.info(output=False):
-        rows.append(f"{row[0]}: {row[1]!r} ({row[3]}, shape {row[5]})")
-    return "; ".join(rows)
+    return "; ".join(f"{r[0]}: {r[1]!r} ({r[3]}, shape {r[5]})" for r in hdul.info(output=False))
 
 
 def _dask_chunks(chunks: Any, dims: list[str | None]) -> tuple[Any, ...]:
@@ -248,7 +268,9 @@ def _dask_chunks(chunks: Any, dims: list[str | None]) -> tuple[Any, ...]:
     if isinstance(chunks, Mapping):
         unknown = set(chunks) - set(kept)
         if unknown:
-            raise ModelFitError(f"chunks names unknown dims {sorted(map(str, unknown))}; dims are {kept}")
+            raise ModelFitError(
+                f"chunks names unknown dims {sorted(map(str, unknown))}; dims are {kept}"
+            )
         per = [chunks.get(d, "auto") for d in kept]
     elif isinstance(chunks, (tuple, list)):
         if len(chunks) != len(kept):
@@ -260,8 +282,9 @@ def _dask_chunks(chunks: Any, dims: list[str | None]) -> tuple[Any, ...]:
     return tuple(1 if d is None else next(it) for d in dims)
 
 
-def open_fits(path: str | os.PathLike[str], hdu: int | str = 0, *,
-              chunks: Any = None) -> xr.DataArray:
+def open_fits(
+    path: str | os.PathLike[str], hdu: int | str = 0, *, chunks: Any = None
+) -> xr.DataArray:
     """Open a FITS image or spectral cube as a DataArray with WCS world coordinates.
 
     Parameters
@@ -306,7 +329,9 @@ def open_fits(path: str | os.PathLike[str], hdu: int | str = 0, *,
     if not path.is_file():
         raise FileNotFoundError(f"FITS file not found: '{path}'")
     try:
-        hdul = fits.open(path, memmap=True, lazy_load_hdus=True)
+        with warnings.catch_warnings():  # truncation gets a clear error below
+            warnings.filterwarnings("ignore", "File may have been truncated", AstropyUserWarning)
+            hdul = fits.open(path, memmap=True, lazy_load_hdus=True)
     except Exception as err:
         raise ModelFitError(f"{path}: not a readable FITS file ({err})") from err
     with hdul:
@@ -314,19 +339,27 @@ def open_fits(path: str | os.PathLike[str], hdu: int | str = 0, *,
             index = hdul.index_of(hdu)
             h = hdul[index]
         except (IndexError, KeyError) as err:
-            raise ModelFitError(f"{path}: no HDU {hdu!r}; the file has {_hdu_listing(hdul)}") from err
+            raise ModelFitError(
+                f"{path}: no HDU {hdu!r}; the file has {_hdu_listing(hdul)}"
+            ) from err
         except Exception as err:
-            raise ModelFitError(f"{path}: corrupt FITS file, cannot read HDU {hdu!r} ({err})") from err
+            raise ModelFitError(
+                f"{path}: corrupt FITS file, cannot read HDU {hdu!r} ({err})"
+            ) from err
         source = f"{path}[{index}]"
         kind = type(h).__name__
         compressed = isinstance(h, fits.CompImageHDU)
         if not isinstance(h, (fits.PrimaryHDU, fits.ImageHDU)) or isinstance(h, fits.GroupsHDU):
-            raise ModelFitError(f"{path}: HDU {index} ({h.name!r}) is a {kind}, not an image; "
-                                f"the file has {_hdu_listing(hdul)}")
+            raise ModelFitError(
+                f"{path}: HDU {index} ({h.name!r}) is a {kind}, not an image; "
+                f"the file has {_hdu_listing(hdul)}"
+            )
         header = h.header.copy()
         if header.get("NAXIS", 0) == 0:
-            raise ModelFitError(f"{path}: HDU {index} ({h.name!r}, {kind}) has no data (NAXIS = 0); "
-                                f"the file has {_hdu_listing(hdul)}")
+            raise ModelFitError(
+                f"{path}: HDU {index} ({h.name!r}, {kind}) has no data (NAXIS = 0); "
+                f"the file has {_hdu_listing(hdul)}"
+            )
         wcs = _read_wcs(header, source)
         reader = _FitsReader(str(path.resolve()), index, header, compressed)
         nbytes = abs(header["BITPIX"]) // 8 * int(np.prod(reader.shape))
@@ -334,15 +367,21 @@ def open_fits(path: str | os.PathLike[str], hdu: int | str = 0, *,
             info = hdul.fileinfo(index)
             size = path.stat().st_size
             if info["datLoc"] + nbytes > size:
-                raise ModelFitError(f"{path}: file is truncated: HDU {index} needs {nbytes} data bytes "
-                                    f"from offset {info['datLoc']} but the file has {size} bytes")
+                raise ModelFitError(
+                    f"{path}: file is truncated: HDU {index} needs {nbytes} data bytes "
+                    f"from offset {info['datLoc']} but the file has {size} bytes"
+                )
     dims = _layout(wcs, reader.shape, source)
     if chunks is None and nbytes > LAZY_BYTES:
         chunks = "auto"
     if chunks is not None:
         token = tokenize(reader.path, path.stat().st_mtime_ns, index, chunks)
-        data = dsa.from_array(reader, chunks=_dask_chunks(chunks, dims), name=f"open_fits-{token}",
-                              meta=np.empty((0,) * reader.ndim, reader.dtype))
+        data = dsa.from_array(
+            reader,
+            chunks=_dask_chunks(chunks, dims),
+            name=f"open_fits-{token}",
+            meta=np.empty((0,) * reader.ndim, reader.dtype),
+        )
     else:
         data = reader[(slice(None),) * reader.ndim]
     bunit = header.get("BUNIT")
@@ -375,8 +414,10 @@ def wcs_of(da: xr.DataArray) -> WCS:
     """
     text = da.attrs.get("fits_header")
     if not isinstance(text, str):
-        raise ModelFitError("wcs_of: the DataArray has no attrs['fits_header'] (was it made by "
-                            "open_fits / from_wcs? arithmetic may drop attrs: keep_attrs=True)")
+        raise ModelFitError(
+            "wcs_of: the DataArray has no attrs['fits_header'] (was it made by "
+            "open_fits / from_wcs? arithmetic may drop attrs: keep_attrs=True)"
+        )
     wcs = _read_wcs(fits.Header.fromstring(text), "wcs_of")
     kept: list[tuple[int, np.ndarray]] = []
     for dim in reversed(da.dims):
@@ -391,19 +432,24 @@ def wcs_of(da: xr.DataArray) -> WCS:
         if (corr[:, [j]] & corr[:, axes]).any():
             raise ModelFitError(
                 f"wcs_of: WCS axis {j + 1} ({wcs.wcs.ctype[j]!r}) was removed (integer isel?) but "
-                "is coupled to a kept axis; select it with a length-1 slice instead")
+                "is coupled to a kept axis; select it with a length-1 slice instead"
+            )
     for i, vals in kept:
         n = len(vals)
         start = int(vals[0]) if n else 0
         step = int(vals[1] - vals[0]) if n > 1 else 1
         if n == 0 or step == 0 or not np.array_equal(vals, start + step * np.arange(n)):
-            raise ModelFitError(f"wcs_of: the pixel coordinate of WCS axis {i + 1} is not a "
-                                f"regular slice ({vals[:5]}...); wcs_of needs isel with slices")
+            raise ModelFitError(
+                f"wcs_of: the pixel coordinate of WCS axis {i + 1} is not a "
+                f"regular slice ({vals[:5]}...); wcs_of needs isel with slices"
+            )
         crpix = wcs.wcs.crpix.copy()
         crpix[i] = (crpix[i] - 1 - start) / step + 1
         if step != 1:
             if wcs.sip is not None and i < 2:
-                raise ModelFitError("wcs_of: strided slices of a WCS with SIP distortion are not supported")
+                raise ModelFitError(
+                    "wcs_of: strided slices of a WCS with SIP distortion are not supported"
+                )
             key = "cd" if wcs.wcs.has_cd() else "pc"
             m = wcs.wcs.cd.copy() if key == "cd" else wcs.wcs.get_pc().copy()
             m[:, i] *= step

@@ -64,7 +64,11 @@ def _as_iterated(
         raise ModelFitTypeError(
             f"{what} must be a number, a Quantity, an array or a DataArray, got {type(value).__name__}"
         )
-    arr = to_param_unit(value, unit, what=what) if isinstance(value, u.Quantity) else np.asarray(value)
+    arr = (
+        to_param_unit(value, unit, what=what)
+        if isinstance(value, u.Quantity)
+        else np.asarray(value)
+    )
     if not np.issubdtype(arr.dtype, np.number):
         raise ModelFitTypeError(f"{what} must be numeric, got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
@@ -102,7 +106,9 @@ def initial_values(
     broadcastable to the iterated shape, as in astropy) are the defaults.
     """
     if p0 is not None and not isinstance(p0, Mapping):
-        raise ModelFitTypeError(f"p0 must be a mapping of parameter name to value, got {type(p0).__name__}")
+        raise ModelFitTypeError(
+            f"p0 must be a mapping of parameter name to value, got {type(p0).__name__}"
+        )
     p0 = dict(p0 or {})
     _check_names("p0", p0, model.param_names)
     parts = []
@@ -112,7 +118,9 @@ def initial_values(
         else:
             value, unit = getattr(model, name).value, None
         parts.append(
-            _as_iterated(value, what=f"p0[{name!r}]", unit=unit, iter_dims=iter_dims, iter_shape=iter_shape)
+            _as_iterated(
+                value, what=f"p0[{name!r}]", unit=unit, iter_dims=iter_dims, iter_shape=iter_shape
+            )
         )
     return _stack(parts, model.param_names)
 
@@ -139,9 +147,7 @@ def bounds_arrays(
             if isinstance(pair, u.Quantity) and pair.shape[:1] == (2,):
                 pair = (pair[0], pair[1])
             if not isinstance(pair, tuple | list) or len(pair) != 2:
-                raise ModelFitError(
-                    f"bounds[{name!r}] must be a pair (lo, hi), got {pair!r}"
-                )
+                raise ModelFitError(f"bounds[{name!r}] must be a pair (lo, hi), got {pair!r}")
             lo, hi = pair
         else:
             lo, hi = getattr(model, name).bounds
@@ -171,4 +177,6 @@ def _first(da: xr.DataArray, where: xr.DataArray) -> float:
 
 def _stack(parts: list[xr.DataArray], names: Sequence[str]) -> xr.DataArray:
     out = xr.concat(parts, dim=PARAM_DIM, coords="minimal", compat="override", join="exact")
+    if out.chunks is not None:
+        out = out.chunk({PARAM_DIM: -1})
     return out.assign_coords({PARAM_DIM: list(names)})

@@ -18,7 +18,9 @@ def _prefixes(result: xr.Dataset) -> list[str]:
 
 def summary(result: xr.Dataset, n_worst: int = 5) -> str:
     """Counts per status, parameter ranges and the worst fits by reduced chi2."""
-    lines = [f"modelfit result: engine={result.attrs.get('engine')}, fitter={result.attrs.get('fitter')}"]
+    lines = [
+        f"modelfit result: engine={result.attrs.get('engine')}, fitter={result.attrs.get('fitter')}"
+    ]
     names = json.loads(result.attrs["param_names"])
     for prefix in _prefixes(result):
         status = np.asarray(result[f"{prefix}fit_status"].values)
@@ -36,7 +38,9 @@ def summary(result: xr.Dataset, n_worst: int = 5) -> str:
         red = result[f"{prefix}fit_redchi2"]
         values = np.asarray(red.values, dtype=float)
         if np.isfinite(values).any() and n_worst > 0:
-            order = np.argsort(np.where(np.isfinite(values), values, -np.inf), axis=None)[::-1][:n_worst]
+            order = np.argsort(np.where(np.isfinite(values), values, -np.inf), axis=None)[::-1][
+                :n_worst
+            ]
             lines.append("  worst fits by reduced chi2:")
             for flat in order:
                 idx = np.unravel_index(flat, values.shape)

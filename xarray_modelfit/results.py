@@ -82,8 +82,12 @@ def assemble(
     for key, text in described.items():
         data_vars[key] = take(key.removeprefix("fit_")).assign_attrs(long_name=text)
     data_vars["fit_dof"] = take("dof").astype(np.int32).assign_attrs(long_name="degrees of freedom")
-    data_vars["fit_npoints"] = take("npoints").astype(np.int32).assign_attrs(long_name="valid points used")
-    data_vars["fit_nfev"] = take("nfev").astype(np.int32).assign_attrs(long_name="model evaluations")
+    data_vars["fit_npoints"] = (
+        take("npoints").astype(np.int32).assign_attrs(long_name="valid points used")
+    )
+    data_vars["fit_nfev"] = (
+        take("nfev").astype(np.int32).assign_attrs(long_name="model evaluations")
+    )
     if layout.covariance:
         cov = take("covariance")
         iter_dims = packed.dims[:-1]
@@ -96,9 +100,7 @@ def assemble(
         data_vars[key] = data_vars[key].drop_vars(
             [c for c in data_vars[key].coords if out_dim in data_vars[key][c].dims or c == out_dim]
         )
-    keep = {
-        name: c for name, c in obj.coords.items() if not any(d in c.dims for d in fit_dims)
-    }
+    keep = {name: c for name, c in obj.coords.items() if not any(d in c.dims for d in fit_dims)}
     ds = xr.Dataset(data_vars, coords=keep)
     if layout.covariance:
         ds = ds.assign_coords({PARAM_DIM: names, PARAM_J_DIM: names})
@@ -128,16 +130,16 @@ def _attrs(model, unitless, units_ctx, fit_dims, worlds, fitter, engine, obj) ->
 
 def counts(ds: xr.Dataset, prefixes: Sequence[str] = ("",)) -> dict[str, int]:
     """Outcome counts of a computed result."""
-    statuses = np.concatenate(
-        [np.asarray(ds[f"{p}fit_status"].values).ravel() for p in prefixes]
-    )
+    statuses = np.concatenate([np.asarray(ds[f"{p}fit_status"].values).ravel() for p in prefixes])
     n = {s: int(np.count_nonzero(statuses == s)) for s in Status}
     return {
         "n_fits": int(statuses.size),
         "n_converged": n[Status.CONVERGED],
         "n_warned": n[Status.CONVERGED_WITH_WARNINGS] + n[Status.MAX_ITERATIONS],
         "n_failed": n[Status.SINGULAR] + n[Status.FAILED],
-        "n_skipped": n[Status.SKIPPED_TOO_FEW_POINTS] + n[Status.SKIPPED_NO_DATA] + n[Status.SKIPPED_MASKED],
+        "n_skipped": n[Status.SKIPPED_TOO_FEW_POINTS]
+        + n[Status.SKIPPED_NO_DATA]
+        + n[Status.SKIPPED_MASKED],
     }
 
 

@@ -23,7 +23,12 @@ def _node(model) -> dict[str, Any]:
     from astropy.modeling.core import CompoundModel
 
     if isinstance(model, CompoundModel):
-        return {"op": model.op, "left": _node(model.left), "right": _node(model.right), "name": model.name}
+        return {
+            "op": model.op,
+            "left": _node(model.left),
+            "right": _node(model.right),
+            "name": model.name,
+        }
     cls = type(model)
     params = {}
     for name in model.param_names:
@@ -34,7 +39,9 @@ def _node(model) -> dict[str, Any]:
             "unit": None if p.unit is None else p.unit.to_string(),
             "fixed": bool(p.fixed),
             "tied": bool(p.tied),
-            "bounds": [None if b is None else float(np.asarray(getattr(b, "value", b))) for b in p.bounds],
+            "bounds": [
+                None if b is None else float(np.asarray(getattr(b, "value", b))) for b in p.bounds
+            ],
         }
     node = {"class": f"{cls.__module__}.{cls.__qualname__}", "params": params, "name": model.name}
     if getattr(model, "n_inputs", 1) and hasattr(model, "degree"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,9 @@ def gaussian_cube(
     spacing = 16.0 / max(n_components, 1)
     for k in range(n_components):
         amp = rng.uniform(1.0, 3.0, (ny, nx))
-        mean = -8.0 + spacing * (k + 0.5) + 1.5 * (0.6 * yy + 0.4 * xx) + rng.normal(0, 0.1, (ny, nx))
+        mean = (
+            -8.0 + spacing * (k + 0.5) + 1.5 * (0.6 * yy + 0.4 * xx) + rng.normal(0, 0.1, (ny, nx))
+        )
         std = rng.uniform(0.8, 1.6, (ny, nx))
         data += amp * np.exp(-0.5 * ((v[:, None, None] - mean) / std) ** 2)
         suffix = f"_{k}" if n_components > 1 or continuum is not None else ""
@@ -74,3 +77,18 @@ def shared_data_dir() -> Path | None:
         if c.is_dir():
             return c
     return None
+
+
+def fit_reference(model, fitter, x, spectra, weights=None, **kwargs):
+    """Fit each row of ``spectra`` (n, m) with the astropy fitter: the independent reference."""
+    out = []
+    for i, y in enumerate(spectra):
+        good = np.isfinite(y)
+        kw = dict(kwargs)
+        if weights is not None:
+            kw["weights"] = weights[i][good]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fitted = fitter(model.copy(), x[good], y[good], **kw)
+        out.append([getattr(fitted, n).value for n in fitted.param_names])
+    return np.array(out)

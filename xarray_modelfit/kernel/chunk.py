@@ -80,7 +80,9 @@ def _engine(name: str):
 def _flat(arr: np.ndarray, lead: tuple[int, ...], tail: tuple[int, ...]) -> np.ndarray:
     """Broadcast ``arr`` to ``lead + tail`` and flatten to ``(n, prod(tail))``."""
     arr = np.broadcast_to(arr, lead + tail)
-    return arr.reshape((int(np.prod(lead, dtype=np.int64)),) + (int(np.prod(tail, dtype=np.int64)),))
+    return arr.reshape(
+        (int(np.prod(lead, dtype=np.int64)),) + (int(np.prod(tail, dtype=np.int64)),)
+    )
 
 
 def build_block(
@@ -124,6 +126,9 @@ def build_block(
     p0 = _flat(np.asarray(p0, dtype=np.float64), lead, (P,))
     lower = _flat(np.asarray(lower, dtype=np.float64), lead, (P,))
     upper = _flat(np.asarray(upper, dtype=np.float64), lead, (P,))
+    # an initial value outside its bounds starts from the nearest bound (astropy's
+    # TRF/DogBox fitters would reject it as infeasible, LevMar clips it)
+    p0 = np.clip(p0, lower, upper)
     position = np.asarray(position)
     index = _flat(position, lead, position.shape[-1:]) if position.ndim else np.zeros((n, 0), int)
 
