@@ -234,6 +234,14 @@ def test_units_on_data_coords_and_model(cube):
         modelfit(data, models.Gaussian1D(2 * u.K, 0 * u.s, 1 * u.s), "velocity", **SYNC)
 
 
+def test_plain_quantity_p0_needs_no_units_on_data(cube):
+    data, _ = cube
+    plain = data.copy()
+    plain.attrs = {}
+    with pytest.raises(xarray_modelfit.ModelFitError, match="but the parameter has no units"):
+        modelfit(plain, models.Gaussian1D(2, 0, 1.2), "velocity", p0={"mean": 3 * u.s}, **SYNC)
+
+
 def test_cf_unit_spellings_parse():
     from xarray_modelfit.units import parse_unit
 

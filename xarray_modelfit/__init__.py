@@ -8,6 +8,7 @@ from xarray_modelfit.coords import TimeAxis
 from xarray_modelfit.errors import ModelFitError, ModelFitTypeError, ModelFitWarning
 from xarray_modelfit.evaluate import evaluate, residuals, to_model
 from xarray_modelfit.fit import modelfit
+from xarray_modelfit.io_fits import from_wcs, open_fits, wcs_of
 from xarray_modelfit.kernel.status import Status
 from xarray_modelfit.report import failures, summary
 
@@ -19,9 +20,12 @@ __all__ = [
     "TimeAxis",
     "evaluate",
     "failures",
+    "from_wcs",
     "modelfit",
+    "open_fits",
     "residuals",
     "summary",
     "to_model",
+    "wcs_of",
 ]
 __version__ = "0.1.0"

@@ -69,8 +69,10 @@ def _one_input(obj: xr.DataArray, dim: Hashable, spec: Any) -> World:
         else:
             da = xr.DataArray(np.arange(obj.sizes[dim], dtype=float), dims=(dim,))
             return World(da, None, f"pixel index along {dim!r}")
-    elif isinstance(spec, str | Hashable) and not isinstance(
-        spec, np.ndarray | xr.DataArray | list | tuple | u.Quantity
+    elif isinstance(spec, str) or (
+        isinstance(spec, Hashable)
+        and not isinstance(spec, int | float | tuple)
+        and spec in obj.coords
     ):
         if spec not in obj.coords:
             raise ModelFitError(

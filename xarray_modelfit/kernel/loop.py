@@ -9,6 +9,7 @@ fit's status instead of aborting the run.
 
 from __future__ import annotations
 
+import copy
 import traceback
 import warnings
 
@@ -60,7 +61,9 @@ def fit_loop(block: FitBlock, setup: EngineSetup) -> BlockResult:
     from astropy.modeling.fitting import NonFiniteValueError
 
     model = setup.model.copy()
-    fitter = setup.fitter
+    # a fitter keeps per-call state (fit_info) that it reads back after the fit:
+    # each block gets its own copy so threads never share one
+    fitter = copy.deepcopy(setup.fitter)
     names = model.param_names
     free = _free_indices(model)
     result = BlockResult.empty(block.n, len(names), setup.covariance)
