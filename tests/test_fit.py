@@ -222,7 +222,8 @@ def test_units_on_data_coords_and_model(cube):
     model = models.Gaussian1D(2 * u.K, 0 * u.m / u.s, 1200 * u.m / u.s)
     res = modelfit(data, model, "velocity", **SYNC)
     plain = modelfit(data, models.Gaussian1D(2, 0, 1.2), "velocity", **SYNC)
-    np.testing.assert_allclose(res["mean"], plain["mean"] * 1000, rtol=1e-6, atol=1e-6)
+    # the same fit in m/s instead of km/s: equal to the solver tolerance
+    np.testing.assert_allclose(res["mean"], plain["mean"] * 1000, rtol=1e-5, atol=1e-2)
     assert res["mean"].attrs["units"] == "m / s" and res["amplitude"].attrs["units"] == "K"
     fitted = res.modelfit.to_model()
     assert fitted.mean.unit == u.m / u.s
@@ -302,15 +303,16 @@ def test_nan_spectra(cube):
 
 def test_failure_in_one_fit_does_not_abort(cube):
     data, _ = cube
+    threshold = float(data.max("velocity").median())
 
     class Fussy(fitting.TRFLSQFitter):
         def __call__(self, model, x, y, **kwargs):
-            if y.max() > 2.9:
+            if y.max() > threshold:
                 raise RuntimeError("spectrum too bright")
             return super().__call__(model, x, y, **kwargs)
 
     res = modelfit(data, models.Gaussian1D(2.0, 0.0, 1.2), "velocity", fitter=Fussy(), **SYNC)
-    bright = (data.max("velocity") > 2.9).values
+    bright = (data.max("velocity") > threshold).values
     assert bright.any() and (~bright).any()
     assert (res.fit_status.values[bright] == Status.FAILED).all()
     assert (res.fit_status.values[~bright] == Status.CONVERGED).all()

@@ -23,8 +23,9 @@ def gaussian_cube(
 ) -> tuple[xr.DataArray, dict[str, np.ndarray]]:
     """A spectral cube ``(velocity, y, x)`` of Gaussian lines with known truth.
 
-    Component ``k`` has amplitude in [1, 3], a mean that moves smoothly across
-    the map and a width in [0.8, 1.6] (velocity units). Returns the cube and
+    Component ``k`` has an amplitude of about 1.1..2.9, a mean that moves across
+    the map and a width of about 1.2..1.6 (velocity units), all smooth over the
+    map with a little scatter. Returns the cube and
     the true parameters keyed like the fitted model's ``param_names``
     (``amplitude``/``mean``/``stddev`` for one component, ``amplitude_0``,
     ... for several, ``amplitude_{n}`` for the continuum).
@@ -36,11 +37,11 @@ def gaussian_cube(
     truth: dict[str, np.ndarray] = {}
     spacing = 16.0 / max(n_components, 1)
     for k in range(n_components):
-        amp = rng.uniform(1.0, 3.0, (ny, nx))
+        amp = 2.0 + 0.9 * np.cos(2.5 * (xx - 0.3 * k)) * np.sin(2.0 * yy + 1.0) + rng.normal(0, 0.05, (ny, nx))
         mean = (
             -8.0 + spacing * (k + 0.5) + 1.5 * (0.6 * yy + 0.4 * xx) + rng.normal(0, 0.1, (ny, nx))
         )
-        std = rng.uniform(0.8, 1.6, (ny, nx))
+        std = 1.2 + 0.35 * np.exp(-((xx - 0.2) ** 2 + (yy + 0.1) ** 2) / 0.3) + rng.normal(0, 0.02, (ny, nx))
         data += amp * np.exp(-0.5 * ((v[:, None, None] - mean) / std) ** 2)
         suffix = f"_{k}" if n_components > 1 or continuum is not None else ""
         truth[f"amplitude{suffix}"] = amp

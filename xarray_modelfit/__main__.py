@@ -1,0 +1,5 @@
+import sys
+
+from xarray_modelfit.cli import main
+
+sys.exit(main())
