@@ -311,7 +311,9 @@ def test_failure_in_one_fit_does_not_abort(cube):
                 raise RuntimeError("spectrum too bright")
             return super().__call__(model, x, y, **kwargs)
 
-    res = modelfit(data, models.Gaussian1D(2.0, 0.0, 1.2), "velocity", fitter=Fussy(), **SYNC)
+    res = modelfit(
+        data, models.Gaussian1D(2.0, 0.0, 1.2), "velocity", fitter=Fussy(), preflight=False, **SYNC
+    )
     bright = (data.max("velocity") > threshold).values
     assert bright.any() and (~bright).any()
     assert (res.fit_status.values[bright] == Status.FAILED).all()
@@ -367,3 +369,42 @@ def test_evaluate_and_residuals(cube):
     lazy = res.chunk({"y": 2}).modelfit.evaluate(data.chunk({"y": 2}))
     assert lazy.chunks is not None
     xr.testing.assert_allclose(lazy.compute(), ev.transpose(*lazy.dims))
+
+
+class Counting(fitting.TRFLSQFitter):
+    calls = 0
+
+    def __call__(self, model, x, y, **kwargs):
+        type(self).calls += 1
+        return super().__call__(model, x, y, **kwargs)
+
+
+def test_preflight_stops_a_run_that_cannot_work(cube):
+    data, _ = cube
+
+    @models.custom_model
+    def Broken(x, a=1.0):
+        raise ZeroDivisionError("model cannot be evaluated")
+
+    Counting.calls = 0
+    with pytest.raises(
+        xarray_modelfit.ModelFitError, match="pre-flight fit at .* raised ZeroDivisionError"
+    ):
+        modelfit(data, Broken(), "velocity", fitter=Counting(), **SYNC)
+    assert Counting.calls == 3  # three positions tried, no full run started
+    Counting.calls = 0
+    res = modelfit(data, Broken(), "velocity", fitter=Counting(), preflight=False, **SYNC)
+    assert Counting.calls == 20 and (res.fit_status == Status.FAILED).all()
+
+
+def test_preflight_position_and_skips_empty_spectra(cube):
+    data, _ = cube
+    d = data.copy()
+    d[:, 0, :] = np.nan  # the first positions have no data: pre-flight looks further
+    Counting.calls = 0
+    res = modelfit(d, models.Gaussian1D(2.0, 0.0, 1.2), "velocity", fitter=Counting(), **SYNC)
+    assert Counting.calls == 15 + 1 and res.attrs["n_skipped"] == 5
+    with pytest.raises(xarray_modelfit.ModelFitError, match="has too few valid points"):
+        modelfit(d, models.Gaussian1D(), "velocity", preflight={"y": 0, "x": 1}, **SYNC)
+    with pytest.raises(xarray_modelfit.ModelFitError, match="not iterated dims"):
+        modelfit(d, models.Gaussian1D(), "velocity", preflight={"velocity": 0}, **SYNC)

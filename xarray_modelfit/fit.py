@@ -24,6 +24,7 @@ from xarray_modelfit.kernel import diagnostics as _diag
 from xarray_modelfit.kernel.block import EngineSetup
 from xarray_modelfit.kernel.chunk import FitPlan, OutputLayout, fit_chunk
 from xarray_modelfit.params import PARAM_DIM, bounds_arrays, initial_values
+from xarray_modelfit.preflight import preflight as run_preflight
 from xarray_modelfit.units import convert_values, parse_unit, strip_model_units
 
 INPUT_DIM = "_input"
@@ -61,6 +62,7 @@ def modelfit(
     diagnostics_path: str | Path | None = None,
     diagnostics_callable=None,
     covariance: bool = False,
+    preflight: bool | Mapping[Hashable, int] = True,
 ) -> xr.Dataset:
     """Fit an astropy model along ``dims`` at every other position of ``obj``.
 
@@ -119,6 +121,10 @@ def modelfit(
         diagnostics folder.
     covariance : bool
         Also return ``fit_covariance`` over ``(param, param_j)``.
+    preflight : bool or mapping
+        Fit one spectrum eagerly first (the first with enough valid points, or
+        the position given as ``{dim: index}``) and raise at once if the model
+        or fitter raises for it. ``False`` turns this off.
 
     Returns
     -------
@@ -289,6 +295,7 @@ def _fit_dataarray(
     diagnostics_path,
     diagnostics_callable,
     covariance,
+    preflight,
 ) -> xr.Dataset:
     fit_dims = _normalise_dims(dims)
     fitter = _validate_model_fitter(model, fitter)
@@ -380,26 +387,21 @@ def _fit_dataarray(
     )
     plan = FitPlan(engine_name, setup, len(fit_dims), n_free, layout, skipna)
     fd = list(fit_dims)
+    inputs = [
+        (data, fd),
+        (weights_da, fd if weights is not None else []),
+        (mask_da, fd if mask is not None else []),
+        (world, [INPUT_DIM, *fd]),
+        (p0_da, [PARAM_DIM]),
+        (lower, [PARAM_DIM]),
+        (upper, [PARAM_DIM]),
+    ]
+    run_preflight(inputs, plan, iter_dims, preflight)
     packed = xr.apply_ufunc(
         fit_chunk,
-        data,
-        weights_da,
-        mask_da,
-        world,
-        p0_da,
-        lower,
-        upper,
+        *(da for da, _ in inputs),
         position,
-        input_core_dims=[
-            fd,
-            fd if weights is not None else [],
-            fd if mask is not None else [],
-            [INPUT_DIM, *fd],
-            [PARAM_DIM],
-            [PARAM_DIM],
-            [PARAM_DIM],
-            pos_core,
-        ],
+        input_core_dims=[*(core for _, core in inputs), pos_core],
         output_core_dims=[[OUT_DIM]],
         dask="parallelized",
         output_dtypes=[np.float64],

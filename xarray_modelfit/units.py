@@ -141,6 +141,8 @@ def strip_model_units(
     from astropy.modeling.utils import _combine_equivalency_dict
 
     n_inputs = model.n_inputs
+    if not model._has_units and not _knows_data_units(model):
+        data_unit = None
     if not (model._has_units or data_unit is not None):
         params = {name: None for name in model.param_names}
         conversions = [(None, None)] * n_inputs
@@ -191,6 +193,20 @@ def strip_model_units(
         param_units[name] = None if unit is None else unit
     ctx = UnitContext(rename_data, tuple(target), data_unit, param_units)
     return unitless, conversions, ctx
+
+
+def _knows_data_units(model) -> bool:
+    """Whether astropy can give this model's parameters units from the data's."""
+    try:
+        model._parameter_units_for_data_units(
+            {name: u.dimensionless_unscaled for name in model.inputs},
+            {name: u.dimensionless_unscaled for name in model.outputs},
+        )
+    except (AttributeError, NotImplementedError):
+        return False
+    except Exception:
+        return True
+    return True
 
 
 def _as_unit(unit: u.UnitBase | None) -> u.UnitBase:

@@ -151,12 +151,58 @@ def fit_chunk(data, weights, mask, world, p0, lower, upper, position, *, plan: F
     layout = plan.layout
     if block.n == 0:
         return np.empty(lead + (layout.size,))
-    if block.active.any():
-        result = _engine(plan.engine)(block, plan.setup)
-    else:
-        result = BlockResult.empty(block.n, layout.n_params, layout.covariance)
+    result = run_engine(block, plan)
     result.status[~block.active] = skip[~block.active]
     return pack(block, result, layout, plan.n_free).reshape(lead + (layout.size,))
+
+
+def run_engine(block: FitBlock, plan: FitPlan) -> BlockResult:
+    """Run the plan's engine on the active fits of ``block``.
+
+    If a vectorised engine fails as a whole (an unexpected exception, not a
+    per-fit failure), the block is refitted by the loop engine, which turns
+    every exception into that fit's status: a chunk is never lost.
+    """
+    layout = plan.layout
+    if not block.active.any():
+        return BlockResult.empty(block.n, layout.n_params, layout.covariance)
+    if plan.engine == "loop":
+        return _engine("loop")(block, plan.setup)
+    try:
+        result = _engine(plan.engine)(block, plan.setup)
+    except Exception:
+        return _engine("loop")(block, plan.setup)
+    if plan.setup.diagnostics is not None:
+        _write_diagnostics(block, result, plan.setup)
+    return result
+
+
+def _write_diagnostics(block: FitBlock, result: BlockResult, setup: EngineSetup) -> None:
+    """Diagnostics folders for a vectorised engine's flagged fits (the loop engine writes its own)."""
+    from xarray_modelfit.kernel import diagnostics
+
+    for i in np.flatnonzero(block.active):
+        status = Status(int(result.status[i]))
+        failed = status >= Status.SINGULAR
+        warned = status in (Status.CONVERGED_WITH_WARNINGS, Status.MAX_ITERATIONS)
+        if not diagnostics.selected(setup.diagnostics, failed=failed, warned=warned):
+            continue
+        message = result.messages.get(int(i), "")
+        valid = block.valid[i]
+        model = None
+        if not failed:
+            model = setup.model.copy()
+            model._reset_parameters(**dict(zip(model.param_names, result.params[i], strict=True)))
+        diagnostics.write(
+            setup,
+            block.index[i],
+            error=f"{status.name}: {message}\n" if failed else "",
+            warnings_text=f"{status.name}: {message}\n" if warned else "",
+            world=tuple(xx[valid] for xx in block.x_of(i)),
+            data=block.y[i, valid],
+            weights=None if block.weights is None else block.weights[i, valid],
+            model=model,
+        )
 
 
 def pack(block: FitBlock, result: BlockResult, layout: OutputLayout, n_free: int) -> np.ndarray:
