@@ -63,3 +63,10 @@ def test_diagnostics_from_workers(client, data, tmp_path):
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert folders == [f"{y}_{x}" for y in range(2) for x in range(7)]
     assert np.isfinite(res.amplitude).all()
+
+
+def test_progress_on_cluster(client, data, capsys):
+    model = models.Gaussian1D(2.0, 0.0, 1.2)
+    sync = modelfit(data, model, "velocity", scheduler="synchronous")
+    shown = modelfit(data, model, "velocity", scheduler=client, progress=True, chunk_n_max=10)
+    xr.testing.assert_identical(shown, sync)

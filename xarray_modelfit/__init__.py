@@ -8,6 +8,7 @@ from xarray_modelfit.coords import TimeAxis
 from xarray_modelfit.errors import ModelFitError, ModelFitTypeError, ModelFitWarning
 from xarray_modelfit.evaluate import evaluate, residuals, to_model
 from xarray_modelfit.fit import modelfit
+from xarray_modelfit.io import load_result, open_cube, save_result
 from xarray_modelfit.io_fits import from_wcs, open_fits, wcs_of
 from xarray_modelfit.kernel.status import Status
 from xarray_modelfit.report import failures, summary
@@ -21,9 +22,12 @@ __all__ = [
     "evaluate",
     "failures",
     "from_wcs",
+    "load_result",
     "modelfit",
+    "open_cube",
     "open_fits",
     "residuals",
+    "save_result",
     "summary",
     "to_model",
     "wcs_of",

@@ -63,6 +63,7 @@ def modelfit(
     diagnostics_callable=None,
     covariance: bool = False,
     preflight: bool | Mapping[Hashable, int] = True,
+    progress: bool = False,
 ) -> xr.Dataset:
     """Fit an astropy model along ``dims`` at every other position of ``obj``.
 
@@ -125,6 +126,9 @@ def modelfit(
         Fit one spectrum eagerly first (the first with enough valid points, or
         the position given as ``{dim: index}``) and raise at once if the model
         or fitter raises for it. ``False`` turns this off.
+    progress : bool
+        Show a progress bar of fits done (tqdm locally, the dask.distributed
+        progress display on a cluster).
 
     Returns
     -------
@@ -167,7 +171,7 @@ def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
     out = xr.merge(parts, combine_attrs="drop_conflicts")
     out.attrs.update(results.dataset_attrs(parts, names))
     if args["compute"]:
-        out = _compute(out, args["scheduler"], parts[0].attrs["engine"])
+        out = _compute(out, args["scheduler"], parts[0].attrs["engine"], args["progress"])
         out.attrs.update(results.counts(out, prefixes=[f"{n}_" for n in names]))
     return out
 
@@ -296,6 +300,7 @@ def _fit_dataarray(
     diagnostics_callable,
     covariance,
     preflight,
+    progress,
 ) -> xr.Dataset:
     fit_dims = _normalise_dims(dims)
     fitter = _validate_model_fitter(model, fitter)
@@ -421,7 +426,7 @@ def _fit_dataarray(
         engine=engine_name,
     )
     if compute:
-        out = _compute(out, scheduler, engine_name)
+        out = _compute(out, scheduler, engine_name, progress)
         out.attrs.update(results.counts(out))
     return out
 
@@ -436,9 +441,11 @@ def _scalar_parameters(model):
     return model
 
 
-def _compute(ds: xr.Dataset, scheduler, engine: str) -> xr.Dataset:
+def _compute(ds: xr.Dataset, scheduler, engine: str, progress: bool = False) -> xr.Dataset:
+    from xarray_modelfit.progress import compute_with_progress
+
     if scheduler is None:
         scheduler = DEFAULT_SCHEDULER[engine]
-    if scheduler == "default":
-        return ds.compute()
-    return ds.compute(scheduler=scheduler)
+    statuses = [v for v in ds.data_vars if str(v).endswith("fit_status")]
+    total = sum(ds[v].size for v in statuses)
+    return compute_with_progress(ds, scheduler, total, progress)
