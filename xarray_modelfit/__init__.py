@@ -10,6 +10,7 @@ from xarray_modelfit.evaluate import evaluate, residuals, to_model
 from xarray_modelfit.fit import modelfit
 from xarray_modelfit.io import load_result, open_cube, save_result
 from xarray_modelfit.io_fits import from_wcs, open_fits, wcs_of
+from xarray_modelfit.kernel.guess import peak_stats, register_guess
 from xarray_modelfit.kernel.status import Status
 from xarray_modelfit.report import failures, summary
 
@@ -26,6 +27,8 @@ __all__ = [
     "modelfit",
     "open_cube",
     "open_fits",
+    "peak_stats",
+    "register_guess",
     "residuals",
     "save_result",
     "summary",

@@ -86,9 +86,13 @@ def modelfit(
         World input per fitting dim: a coordinate name, a 1-d array, a
         DataArray (may vary over iterated dims) or a :class:`TimeAxis`.
         Default: the dim's coordinate, or the pixel index if it has none.
-    p0, bounds : mapping, optional
-        Initial values ``{param: value}`` and bounds ``{param: (lo, hi)}``;
-        scalars, Quantities, arrays or DataArrays over iterated dims.
+    p0 : mapping or "auto", optional
+        Initial values ``{param: value}``: scalars, Quantities, arrays or
+        DataArrays over iterated dims. ``"auto"`` estimates them per position
+        from the data (moments of peaks, least squares for linear parts; see
+        :func:`xarray_modelfit.register_guess`).
+    bounds : mapping, optional
+        ``{param: (lo, hi)}``, scalars, Quantities or DataArrays.
     weights, mask : DataArray or array, optional
         ``1/sigma`` weights and a boolean mask (True = excluded), broadcastable
         to the data.
@@ -359,7 +363,14 @@ def _fit_dataarray(
     world = xr.concat(world_arrays, dim=INPUT_DIM, join="exact", coords="minimal")
 
     engine_name = _select_engine(engine, unitless, fitter)
-    p0_da = initial_values(unitless, p0, units_ctx.param_units, iter_dims, iter_shape)
+    auto_p0 = isinstance(p0, str) and p0 == "auto"
+    if isinstance(p0, str) and not auto_p0:
+        raise ModelFitError(
+            f"p0 must be a mapping of parameter name to value or 'auto', got {p0!r}"
+        )
+    p0_da = initial_values(
+        unitless, None if auto_p0 else p0, units_ctx.param_units, iter_dims, iter_shape
+    )
     lower, upper = bounds_arrays(unitless, bounds, units_ctx.param_units, iter_dims, iter_shape)
     unitless = _scalar_parameters(unitless)
     weights_da = _aux_array(weights, obj, fit_dims, "weights", np.float64)
@@ -392,6 +403,8 @@ def _fit_dataarray(
     )
     plan = FitPlan(engine_name, setup, len(fit_dims), n_free, layout, skipna)
     fd = list(fit_dims)
+    if auto_p0:
+        p0_da = _auto_p0(unitless, data, weights_da, mask_da, world, p0_da, plan, fd, weights, mask)
     inputs = [
         (data, fd),
         (weights_da, fd if weights is not None else []),
@@ -429,6 +442,35 @@ def _fit_dataarray(
         out = _compute(out, scheduler, engine_name, progress)
         out.attrs.update(results.counts(out))
     return out
+
+
+def _auto_p0(model, data, weights_da, mask_da, world, p0_da, plan, fd, weights, mask):
+    """Per-position initial values estimated from the data, lazily (``p0="auto"``)."""
+    from xarray_modelfit.kernel.guess import guess_chunk, plan_guess
+
+    try:
+        plan_guess(model)
+    except ValueError as exc:
+        raise ModelFitError(str(exc)) from None
+    return xr.apply_ufunc(
+        guess_chunk,
+        data,
+        weights_da,
+        mask_da,
+        world,
+        p0_da,
+        input_core_dims=[
+            fd,
+            fd if weights is not None else [],
+            fd if mask is not None else [],
+            [INPUT_DIM, *fd],
+            [PARAM_DIM],
+        ],
+        output_core_dims=[[PARAM_DIM]],
+        dask="parallelized",
+        output_dtypes=[np.float64],
+        kwargs={"plan": plan},
+    )
 
 
 def _scalar_parameters(model):

@@ -182,6 +182,14 @@ def strip_model_units(
         unitless = model.without_units_for_data(**rename_data)
         with_units = unitless.with_units_from_data(**rename_data)
     except (u.UnitsError, TypeError, ValueError) as exc:
+        if not model._has_units:
+            # a model given in plain numbers: fit in plain numbers, no units on the maps
+            params = {name: None for name in model.param_names}
+            return (
+                model,
+                [(None, None)] * n_inputs,
+                UnitContext(None, tuple(world_units), None, params),
+            )
         raise ModelFitError(
             f"the model's parameter units do not match the data units ({data_unit}) and the "
             f"coordinate units ({', '.join(str(t) for t in target)}): {exc}. Set the data's "

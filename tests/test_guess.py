@@ -1,0 +1,157 @@
+"""p0="auto": initial values from the data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.modeling import custom_model, models
+
+from xarray_modelfit import ModelFitError, modelfit, peak_stats, register_guess
+from xarray_modelfit.kernel.block import FitBlock
+from xarray_modelfit.kernel.guess import GUESSES, guess_block
+from xarray_modelfit.testing import gaussian_cube
+
+
+def block_of(x, y, model):
+    n, m = y.shape
+    P = len(model.param_names)
+    return FitBlock(
+        x=x if isinstance(x, tuple) else (x[None, :],),
+        y=y,
+        valid=np.isfinite(y),
+        weights=None,
+        p0=np.tile(model.parameters, (n, 1)),
+        lower=np.full((n, P), -np.inf),
+        upper=np.full((n, P), np.inf),
+        active=np.ones(n, bool),
+        index=np.zeros((n, 0), int),
+    )
+
+
+def test_peak_stats_of_a_gaussian_are_its_moments():
+    x = np.linspace(-10, 10, 401)
+    y = np.stack(
+        [3.0 * np.exp(-0.5 * ((x - 1.5) / 0.8) ** 2), 2.0 * np.exp(-0.5 * ((x + 4) / 2.0) ** 2)]
+    )
+    amp, center, fwhm = peak_stats(x[None, :], y)
+    np.testing.assert_allclose(amp, [3.0, 2.0], rtol=1e-3)
+    np.testing.assert_allclose(center, [1.5, -4.0], atol=0.03)
+    np.testing.assert_allclose(fwhm, 2.3548 * np.array([0.8, 2.0]), rtol=0.01)
+    # descending coordinates give the same answer
+    amp2, center2, fwhm2 = peak_stats(x[None, ::-1], y[:, ::-1])
+    np.testing.assert_allclose([amp2, center2, fwhm2], [amp, center, fwhm], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "truth",
+    [
+        models.Gaussian1D(2.5, 1.0, 1.3),
+        models.Lorentz1D(2.5, 1.0, 2.0),
+        models.Moffat1D(2.5, 1.0, 1.5, 2.0),
+        models.Voigt1D(1.0, 2.5, 1.2, 1.5),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_single_peak_guesses_are_close(truth):
+    x = np.linspace(-12, 12, 241)
+    y = truth(x)[None, :]
+    guess = guess_block(block_of(x, y, truth), truth)[0]
+    model = truth.copy()
+    model.parameters = guess
+    # the guessed profile is within 15% of the peak everywhere
+    assert np.max(np.abs(model(x) - truth(x))) < 0.15 * truth(x).max()
+
+
+def test_sum_of_peaks_and_baseline():
+    x = np.linspace(-12, 12, 200)
+    truth = models.Gaussian1D(2, 4, 1) + models.Gaussian1D(3, -3, 1.5) + models.Linear1D(0.05, 0.5)
+    y = truth(x)[None, :]
+    start = models.Gaussian1D(1, 0, 1) + models.Gaussian1D(1, 0, 1) + models.Linear1D(0, 0)
+    g = guess_block(block_of(x, y, start), start)[0]
+    names = start.param_names
+    # components ordered by position: component 0 is the leftmost line
+    np.testing.assert_allclose(g[names.index("mean_0")], -3, atol=0.15)
+    np.testing.assert_allclose(g[names.index("mean_1")], 4, atol=0.15)
+    np.testing.assert_allclose(g[names.index("amplitude_0")], 3, rtol=0.2)
+    np.testing.assert_allclose(g[names.index("slope_2")], 0.05, atol=0.03)
+    np.testing.assert_allclose(g[names.index("intercept_2")], 0.5, atol=0.2)
+
+
+def test_gaussian2d_image_moments():
+    yy, xx = np.mgrid[0:30, 0:40].astype(float)
+    truth = models.Gaussian2D(3, 22, 12, 4, 2, 0.4)
+    img = truth(xx, yy).ravel()[None, :]
+    start = models.Gaussian2D()
+    block = block_of((xx.ravel()[None, :], yy.ravel()[None, :]), img, start)
+    g = dict(zip(start.param_names, guess_block(block, start)[0], strict=True))
+    np.testing.assert_allclose([g["x_mean"], g["y_mean"]], [22, 12], atol=0.05)
+    np.testing.assert_allclose(g["theta"], 0.4, atol=0.02)
+    np.testing.assert_allclose(sorted([g["x_stddev"], g["y_stddev"]]), [2, 4], rtol=0.05)
+
+
+def test_fixed_parameters_keep_their_values():
+    x = np.linspace(-5, 5, 50)
+    start = models.Gaussian1D(1, 0, 0.7)
+    start.stddev.fixed = True
+    g = guess_block(block_of(x, models.Gaussian1D(2, 1, 1)(x)[None, :], start), start)[0]
+    assert g[2] == 0.7 and abs(g[1] - 1) < 0.2
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_auto_p0_fits_two_lines_and_continuum(chunked):
+    cube, truth = gaussian_cube(ny=6, nx=7, nchan=80, n_components=2, continuum=0.5, seed=3)
+    if chunked:
+        cube = cube.chunk({"y": 2})
+    m = models.Gaussian1D(1, 0, 1) + models.Gaussian1D(1, 0, 1) + models.Const1D(0)
+    res = modelfit(cube, m, "velocity", p0="auto", scheduler="threads", compute=not chunked)
+    if chunked:
+        assert res["mean_0"].chunks is not None
+        res = res.compute()
+    for name, value in truth.items():
+        np.testing.assert_allclose(res[name], value, atol=0.15, err_msg=name)
+    # the same start point everywhere fails for many pixels
+    bad = modelfit(cube.compute(), m, "velocity", scheduler="threads")
+    assert np.abs(bad["mean_0"] - truth["mean_0"]).max() > 1
+
+
+def test_register_guess_for_a_custom_model():
+    @custom_model
+    def Step(x, height=1.0, edge=0.0):
+        return height * (x > edge)
+
+    x = np.linspace(-5, 5, 101)
+    da = xr.DataArray(np.stack([2 * (x > 1.0), 3 * (x > -2.0)]), dims=("pix", "x"), coords={"x": x})
+    with pytest.raises(ModelFitError, match="no guess for"):
+        modelfit(da, Step(), "x", p0="auto", engine="loop", scheduler="synchronous")
+
+    @register_guess(Step)
+    def _step(xs, y):
+        height = np.nanmax(y, axis=1)
+        first = np.argmax(y > height[:, None] / 2, axis=1)
+        return {
+            "height": height,
+            "edge": np.broadcast_to(xs[0], y.shape)[np.arange(len(y)), first] - 0.05,
+        }
+
+    try:
+        res = modelfit(
+            da,
+            Step(),
+            "x",
+            p0="auto",
+            engine="loop",
+            scheduler="synchronous",
+            fitter=__import__("astropy.modeling.fitting", fromlist=["x"]).SimplexLSQFitter(),
+        )
+        np.testing.assert_allclose(res.height, [2, 3], rtol=1e-3)
+    finally:
+        GUESSES.pop(Step, None)
+
+
+def test_bad_p0_string(cube):
+    data, _ = cube
+    with pytest.raises(ModelFitError, match="or 'auto'"):
+        modelfit(data, models.Gaussian1D(), "velocity", p0="guess")
+    with pytest.raises(ModelFitError, match="combines them with"):
+        modelfit(data, models.Gaussian1D() * models.Const1D(), "velocity", p0="auto")
