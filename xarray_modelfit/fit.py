@@ -64,6 +64,7 @@ def modelfit(
     covariance: bool = False,
     preflight: bool | Mapping[Hashable, int] = True,
     progress: bool = False,
+    select: str = "bic",
 ) -> xr.Dataset:
     """Fit an astropy model along ``dims`` at every other position of ``obj``.
 
@@ -133,6 +134,11 @@ def modelfit(
     progress : bool
         Show a progress bar of fits done (tqdm locally, the dask.distributed
         progress display on a cluster).
+    select : {"bic", "aic"}
+        With a list of candidate models, the criterion that picks the best one
+        at each position (see :mod:`xarray_modelfit.select`). BIC (default)
+        penalises extra components more; AIC tends to add components that fit
+        noise.
 
     Returns
     -------
@@ -152,14 +158,35 @@ def modelfit(
     >>> np.round(fit["amplitude"].values, 6).tolist()
     [1.0, 2.0]
     """
+    if isinstance(model, list | tuple):
+        return _fit_candidates(obj, model, dims, locals())
     if isinstance(obj, xr.Dataset):
         return _fit_dataset(obj, model, dims, locals())
     if not isinstance(obj, xr.DataArray):
         raise ModelFitTypeError(
             f"obj must be an xarray DataArray or Dataset, got {type(obj).__name__}"
         )
-    kwargs = {k: v for k, v in locals().items() if k not in ("obj", "model", "dims")}
+    kwargs = {k: v for k, v in locals().items() if k not in ("obj", "model", "dims", "select")}
     return _fit_dataarray(obj, model, dims, **kwargs)
+
+
+def _fit_candidates(obj, candidates, dims, args: dict) -> xr.Dataset:
+    """Fit every candidate model and keep the best per position."""
+    from xarray_modelfit.select import CRITERIA, select_best
+
+    if not isinstance(obj, xr.DataArray):
+        raise ModelFitTypeError("model selection takes a DataArray; fit each variable of a Dataset")
+    if not candidates:
+        raise ModelFitError("model is an empty list; give one or more candidate models")
+    if args["select"] not in CRITERIA:
+        raise ModelFitError(f"select must be 'aic' or 'bic', got {args['select']!r}")
+    kwargs = {k: v for k, v in args.items() if k not in ("obj", "model", "dims", "select")}
+    parts = [_fit_dataarray(obj, m, dims, **{**kwargs, "compute": False}) for m in candidates]
+    out = select_best(parts, candidates, args["select"])
+    if args["compute"]:
+        out = _compute(out, args["scheduler"], parts[0].attrs["engine"], args["progress"])
+        out.attrs.update(results.counts(out))
+    return out
 
 
 def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
@@ -167,7 +194,7 @@ def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
     names = [name for name, var in ds.data_vars.items() if all(d in var.dims for d in dims_t)]
     if not names:
         raise ModelFitError(f"no data variable of the Dataset has all fitting dims {list(dims_t)}")
-    kwargs = {k: v for k, v in args.items() if k not in ("obj", "model", "dims")}
+    kwargs = {k: v for k, v in args.items() if k not in ("obj", "model", "dims", "select")}
     parts = []
     for name in names:
         fitted = _fit_dataarray(ds[name], model, dims_t, **{**kwargs, "compute": False})

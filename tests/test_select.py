@@ -1,0 +1,80 @@
+"""Model selection: several candidate models, the best per position by AIC/BIC."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+from astropy.modeling import models
+
+from xarray_modelfit import ModelFitError, modelfit
+from xarray_modelfit.testing import gaussian_cube
+
+CANDIDATES = [
+    models.Gaussian1D(),
+    models.Gaussian1D() + models.Gaussian1D(),
+    models.Gaussian1D() + models.Gaussian1D() + models.Gaussian1D(),
+]
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    """A map whose thirds hold 1, 2 and 3 Gaussian components (S/N >= 10)."""
+    parts, counts, truths = [], [], []
+    for k in (1, 2, 3):
+        cube, truth = gaussian_cube(8, 8, 100, n_components=k, noise=0.1, seed=10 + k)
+        parts.append(cube.assign_coords(x=np.arange(8) + 8 * (k - 1)))
+        counts.append(np.full((8, 8), k))
+        truths.append(truth)
+    return xr.concat(parts, "x"), np.concatenate(counts, axis=1), truths
+
+
+def test_recovers_number_of_components_and_parameters(mixed):
+    cube, counts, truths = mixed
+    criterion = "bic"
+    res = modelfit(cube, CANDIDATES, "velocity", p0="auto", scheduler="threads")
+    chosen = res.fit_model_index.values + 1
+    assert (chosen == counts).mean() >= 0.95
+    assert res[f"fit_{criterion}_candidates"].dims == ("y", "x", "model")
+    within, total = 0, 0
+    for k, truth in zip((1, 2, 3), truths, strict=True):
+        cols = slice(8 * (k - 1), 8 * k)
+        right = chosen[:, cols] == k
+        for name, value in truth.items():
+            fitted, se = res[name].values[:, cols], res[f"{name}_stderr"].values[:, cols]
+            ok = np.abs(fitted - value) <= 3 * se
+            within += int(ok[right].sum())
+            total += int(right.sum())
+    assert within / total >= 0.95
+    # parameters a chosen model lacks are NaN
+    one = chosen == 1
+    assert np.isnan(res["mean_2"].values[one]).all() and np.isfinite(res["mean"].values[one]).all()
+
+
+def test_aic_never_picks_fewer_components_than_needed(mixed):
+    cube, counts, _ = mixed
+    res = modelfit(cube, CANDIDATES, "velocity", p0="auto", select="aic", scheduler="threads")
+    chosen = res.fit_model_index.values + 1
+    assert (chosen >= counts).all() and (chosen[counts == 3] == 3).all()
+    assert res.attrs["select"] == "aic" and "fit_aic_candidates" in res
+
+
+def test_lazy_selection_equals_eager(mixed):
+    cube, _, _ = mixed
+    small = cube.isel(y=slice(0, 3))
+    eager = modelfit(small, CANDIDATES[:2], "velocity", p0="auto", scheduler="synchronous")
+    lazy = modelfit(small.chunk({"x": 5}), CANDIDATES[:2], "velocity", p0="auto", compute=False)
+    assert lazy.fit_model_index.chunks is not None
+    xr.testing.assert_allclose(
+        lazy.compute(), eager.drop_attrs().assign_attrs(lazy.attrs).compute()
+    )
+
+
+def test_selection_errors(mixed):
+    cube, _, _ = mixed
+    with pytest.raises(ModelFitError, match="select must be 'aic' or 'bic'"):
+        modelfit(cube, CANDIDATES, "velocity", select="r2")
+    with pytest.raises(ModelFitError, match="empty list"):
+        modelfit(cube, [], "velocity")
+    with pytest.raises(TypeError, match="model selection takes a DataArray"):
+        modelfit(cube.to_dataset(name="v"), CANDIDATES, "velocity")
