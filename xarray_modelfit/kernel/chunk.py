@@ -134,6 +134,9 @@ def build_block(
 
     npoints = valid.sum(axis=1)
     skip = np.full(n, -1, dtype=np.int16)
+    model = plan.setup.model
+    free = [not model.fixed[name] and not model.tied[name] for name in model.param_names]
+    skip[~np.all(np.isfinite(p0[:, free]), axis=1)] = Status.FAILED  # no usable start
     skip[npoints < max(plan.n_free, 1)] = Status.SKIPPED_TOO_FEW_POINTS
     if masked is not None:
         skip[masked.all(axis=1)] = Status.SKIPPED_MASKED

@@ -49,6 +49,30 @@ def _nfev(fitter) -> int:
     return 0
 
 
+def rank_deficient(jac: np.ndarray) -> bool:
+    """Whether a Jacobian has (numerically) dependent columns.
+
+    Columns are normalised first, so the test does not depend on the scale of
+    the parameters; a column of zeros (a parameter that changes nothing) counts
+    as dependent. Same threshold as astropy's covariance: ``eps * max(shape) * s[0]``.
+    """
+    jac = np.asarray(jac, dtype=float)
+    if jac.ndim != 2 or jac.shape[1] == 0:
+        return False
+    norms = np.linalg.norm(jac, axis=0)
+    if not np.all(np.isfinite(norms)) or np.any(norms == 0):
+        return True
+    s = np.linalg.svd(jac / norms, compute_uv=False)
+    return bool(s[-1] <= np.finfo(float).eps * max(jac.shape) * s[0])
+
+
+def _singular(fitter) -> bool:
+    info = getattr(fitter, "fit_info", None)
+    if isinstance(info, dict) and info.get("jac") is not None:
+        return rank_deficient(info["jac"])
+    return False
+
+
 def _covariance(fitter) -> np.ndarray | None:
     info = getattr(fitter, "fit_info", None)
     if isinstance(info, dict) and info.get("param_cov") is not None:
@@ -65,18 +89,23 @@ def fit_loop(block: FitBlock, setup: EngineSetup) -> BlockResult:
     # each block gets its own copy so threads never share one
     fitter = copy.deepcopy(setup.fitter)
     names = model.param_names
-    free = _free_indices(model)
     result = BlockResult.empty(block.n, len(names), setup.covariance)
     for i in np.flatnonzero(block.active):
         valid = block.valid[i]
         x = tuple(xx[valid] for xx in block.x_of(i))
         y = block.y[i, valid]
         w = None if block.weights is None else block.weights[i, valid]
+        pinned = []
         for j, name in enumerate(names):
             param = getattr(model, name)
             param.value = block.p0[i, j]
             lo, hi = block.lower[i, j], block.upper[i, j]
+            if lo == hi and not param.fixed and not param.tied:
+                # equal bounds pin the parameter: fixed for this fit (scipy rejects lo == hi)
+                param.fixed, lo, hi = True, -np.inf, np.inf
+                pinned.append(param)
             param.bounds = (None if np.isneginf(lo) else lo, None if np.isposinf(hi) else hi)
+        free = _free_indices(model)
         error, caught, fitted = "", [], None
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -98,6 +127,9 @@ def fit_loop(block: FitBlock, setup: EngineSetup) -> BlockResult:
             chi2 = float(np.sum(resid**2))
             if not (np.all(np.isfinite(params)) and np.isfinite(chi2)):
                 status = Status.SINGULAR
+            elif _singular(fitter):
+                status = Status.SINGULAR
+                result.messages[int(i)] = "the Jacobian is rank-deficient at the solution"
             result.params[i] = params
             result.chi2[i] = chi2
             result.nfev[i] = _nfev(fitter)
@@ -108,6 +140,8 @@ def fit_loop(block: FitBlock, setup: EngineSetup) -> BlockResult:
                     result.covariance[i][np.ix_(free, free)] = cov
             if caught:
                 result.messages[int(i)] = "; ".join(str(c.message) for c in caught)
+        for param in pinned:
+            param.fixed = False
         result.status[i] = status
         if diagnostics.selected(setup.diagnostics, failed=bool(error), warned=bool(caught)):
             diagnostics.write(
