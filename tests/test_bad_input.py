@@ -90,7 +90,11 @@ def data():
         ),
         ({"chunk_n_max": 0}, ModelFitError, "chunk_n_max must be a positive integer"),
         ({"fitter_kwargs": [1]}, TypeError, "fitter_kwargs must be a mapping"),
-        ({"data_unit": "furlongs-ish"}, ModelFitError, "data units 'furlongs-ish' is not a unit"),
+        (
+            {"data_unit": "furlongs-ish"},
+            ModelFitError,
+            "data 'intensity' data_unit 'furlongs-ish' is not a unit",
+        ),
         (
             {"model": models.Gaussian1D(1 * u.K, 0 * u.s, 1 * u.s)},
             ModelFitError,

@@ -71,10 +71,15 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
     names, model = _info(result, prefix)
     fit_dims = json.loads(result.attrs["fit_dims"])
     origins = json.loads(result.attrs.get("time_origins", "null")) or [None] * len(fit_dims)
+    used = json.loads(result.attrs.get("world_coords", "null")) or [None] * len(fit_dims)
     coords = {}
-    for dim, origin in zip(fit_dims, origins, strict=True):
+    for dim, origin, name in zip(fit_dims, origins, used, strict=True):
+        # the coordinate the fit used, when it was not the dim's own and da has it
+        name = name if name is not None and name != dim and name in da.coords else None
         if origin is not None:
-            coords[dim] = TimeAxis(origin=origin.split(" (")[0])
+            coords[dim] = TimeAxis(name=name, origin=origin.split(" (")[0])
+        elif name is not None:
+            coords[dim] = name
     worlds = world_inputs(da, fit_dims, coords)
     if int(result.attrs.get("model_has_units", 0)):
         targets = json.loads(result.attrs["model_input_units"])
@@ -88,10 +93,12 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
         values = [w.values for w in worlds]
     template = xr.DataArray(np.zeros([da.sizes[d] for d in fit_dims]), dims=fit_dims)
     world = xr.concat([xr.broadcast(v, template)[0] for v in values], dim=INPUT_DIM)
-    params = xr.concat(
-        [result[f"{prefix}{n}"].drop_vars(list(result[f"{prefix}{n}"].coords)) for n in names],
-        dim="param",
-    )
+    params = xr.concat([_plain(result[f"{prefix}{n}"]) for n in names], dim="param")
+    shared = {d: da.indexes[d] for d in params.dims if d in da.indexes and d in params.indexes}
+    if shared:
+        params = params.sel(shared)  # da may cover a subset of the fitted positions
+    if da.chunks is not None:
+        params = params.chunk({d: da.chunksizes[d] for d in params.dims if d in da.chunksizes})
     if params.chunks is not None:
         params = params.chunk({"param": -1})
     out = xr.apply_ufunc(
@@ -117,6 +124,11 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
         out.attrs["units"] = unit
     out.name = "model"
     return out
+
+
+def _plain(var: xr.DataArray) -> xr.DataArray:
+    """A parameter map without its non-index coordinates (index ones align positions)."""
+    return var.drop_vars([c for c in var.coords if c not in var.indexes])
 
 
 def residuals(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataArray:

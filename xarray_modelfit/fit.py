@@ -375,9 +375,11 @@ def _fit_dataarray(
 
     # world inputs and units
     worlds = world_inputs(obj, fit_dims, coords)
-    unit = parse_unit(
-        data_unit if data_unit is not None else obj.attrs.get("units"), what="data units"
-    )
+    source = obj.encoding.get("source")
+    what = f"data {obj.name!r}" if obj.name is not None else "data"
+    what += f" ({source})" if source else ""
+    what += " data_unit" if data_unit is not None else " attrs['units']"
+    unit = parse_unit(data_unit if data_unit is not None else obj.attrs.get("units"), what=what)
     unitless, conversions, units_ctx = strip_model_units(
         model, [w.unit for w in worlds], unit, equivalencies
     )

@@ -57,6 +57,7 @@ def assemble(
 ) -> xr.Dataset:
     """Unpack the kernel's packed output into the result Dataset."""
     out_dim = packed.dims[-1]
+    packed = packed.drop_attrs()
 
     def take(key):
         return packed.isel({out_dim: layout.slice_of(key)})
@@ -120,6 +121,7 @@ def _attrs(model, unitless, units_ctx, fit_dims, worlds, fitter, engine, obj) ->
         "model_has_units": int(units_ctx.rename_data is not None),
         "world_sources": json.dumps([w.source for w in worlds]),
         "time_origins": json.dumps([w.time_origin for w in worlds]),
+        "world_coords": json.dumps([None if w.coord is None else str(w.coord) for w in worlds]),
         "param_names": json.dumps(list(unitless.param_names)),
         "tied_params": json.dumps(tied),
     }
