@@ -408,3 +408,34 @@ def test_preflight_position_and_skips_empty_spectra(cube):
         modelfit(d, models.Gaussian1D(), "velocity", preflight={"y": 0, "x": 1}, **SYNC)
     with pytest.raises(xarray_modelfit.ModelFitError, match="not iterated dims"):
         modelfit(d, models.Gaussian1D(), "velocity", preflight={"velocity": 0}, **SYNC)
+
+
+def test_equivalencies_convert_wavelength_to_frequency():
+    rng = np.random.default_rng(2)
+    wav = np.linspace(500, 700, 60)  # nm
+    freq = (wav * u.nm).to_value(u.THz, equivalencies=u.spectral())
+    line = 3 * np.exp(-0.5 * ((freq - 500) / 8) ** 2) + rng.normal(0, 0.01, (2, 60))
+    da = xr.DataArray(line, dims=("p", "wav"), coords={"wav": ("wav", wav, {"units": "nm"})})
+    model = models.Gaussian1D(2 * u.one, 495 * u.THz, 10 * u.THz)
+    with pytest.raises(xarray_modelfit.ModelFitError, match="cannot be converted"):
+        modelfit(da, model, "wav", **SYNC)
+    for equiv in (u.spectral(), {"x": u.spectral()}):
+        res = modelfit(da, model, "wav", equivalencies=equiv, **SYNC)
+        np.testing.assert_allclose(res["mean"], 500, atol=0.1)
+        assert res["mean"].attrs["units"] == "THz"
+
+
+def test_zero_length_fitting_dim_and_bad_scheduler(cube):
+    data, _ = cube
+    with pytest.raises(xarray_modelfit.ModelFitError, match="has length 0"):
+        modelfit(data.isel(velocity=slice(0, 0)), models.Gaussian1D(), "velocity")
+    with pytest.raises(xarray_modelfit.ModelFitError, match="scheduler must be one of"):
+        modelfit(data, models.Gaussian1D(), "velocity", scheduler="turbo")
+
+
+def test_array_parameters_use_the_batched_engine(cube):
+    data, truth = cube
+    res = modelfit(
+        data, models.Gaussian1D(2.5, truth["mean"], 1.2), "velocity", scheduler="synchronous"
+    )
+    assert res.attrs["engine"] == "batched"

@@ -24,6 +24,12 @@ class DataArrayModelFit(_Base):
 
     __call__ = _Base.__call__
 
+    def plot_fit(self, result: xr.Dataset, **kwargs):
+        """Data, fit, components and residuals at one position; see :func:`xarray_modelfit.plot.plot_fit`."""
+        from xarray_modelfit.plot import plot_fit
+
+        return plot_fit(self._obj, result, **kwargs)
+
 
 @xr.register_dataset_accessor("modelfit")
 class DatasetModelFit(_Base):
@@ -44,6 +50,12 @@ class DatasetModelFit(_Base):
     def summary(self, n_worst: int = 5) -> str:
         """Text summary; see :func:`xarray_modelfit.summary`."""
         return _report.summary(self._obj, n_worst=n_worst)
+
+    def plot_maps(self, params=None, **kwargs):
+        """Parameter maps; see :func:`xarray_modelfit.plot.plot_maps`."""
+        from xarray_modelfit.plot import plot_maps
+
+        return plot_maps(self._obj, params, **kwargs)
 
     def failures(self):
         """Failed and skipped fits; see :func:`xarray_modelfit.failures`."""

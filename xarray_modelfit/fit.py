@@ -101,8 +101,9 @@ def modelfit(
         Leave NaN/inf points out of each fit (default) instead of failing it.
     data_unit : str or astropy Unit, optional
         Unit of the data; default ``obj.attrs["units"]``.
-    equivalencies : list, optional
-        Unit equivalencies for converting the world inputs.
+    equivalencies : list or dict, optional
+        Unit equivalencies for converting the world inputs to the model's
+        input units (e.g. ``u.spectral()``), for all inputs or per input name.
     fitter_kwargs : mapping, optional
         Passed to every fitter call (``maxiter``, ``acc``, ...).
     engine : {"auto", "loop", "batched"}
@@ -340,6 +341,10 @@ def _fit_dataarray(
             raise ModelFitError(
                 f"fitting dim {d!r} is not a dim of the data; data dims are {list(obj.dims)}"
             )
+    for d in fit_dims:
+        if obj.sizes[d] == 0:
+            raise ModelFitError(f"fitting dim {d!r} has length 0: there is nothing to fit along it")
+    _check_scheduler(scheduler)
     if len(set(fit_dims)) != len(fit_dims):
         raise ModelFitError(f"dims {list(fit_dims)} names a dim twice")
     if len(fit_dims) != model.n_inputs:
@@ -384,14 +389,13 @@ def _fit_dataarray(
         model, [w.unit for w in worlds], unit, equivalencies
     )
     world_arrays = [
-        w.values.copy(data=convert_values(w.values.data, conv, equivalencies))
+        w.values.copy(data=convert_values(w.values.data, conv))
         for w, conv in zip(worlds, conversions, strict=True)
     ]
     template = xr.DataArray(np.zeros([obj.sizes[d] for d in fit_dims]), dims=fit_dims)
     world_arrays = [xr.broadcast(w, template)[0] for w in world_arrays]
     world = xr.concat(world_arrays, dim=INPUT_DIM, join="exact", coords="minimal")
 
-    engine_name = _select_engine(engine, unitless, fitter)
     auto_p0 = isinstance(p0, str) and p0 == "auto"
     if isinstance(p0, str) and not auto_p0:
         raise ModelFitError(
@@ -402,6 +406,7 @@ def _fit_dataarray(
     )
     lower, upper = bounds_arrays(unitless, bounds, units_ctx.param_units, iter_dims, iter_shape)
     unitless = _scalar_parameters(unitless)
+    engine_name = _select_engine(engine, unitless, fitter)
     weights_da = _aux_array(weights, obj, fit_dims, "weights", np.float64)
     mask_da = _aux_array(mask, obj, fit_dims, "mask", bool)
 
@@ -500,6 +505,28 @@ def _auto_p0(model, data, weights_da, mask_da, world, p0_da, plan, fd, weights, 
         output_dtypes=[np.float64],
         kwargs={"plan": plan},
     )
+
+
+SCHEDULERS = (
+    "synchronous",
+    "sync",
+    "single-threaded",
+    "threads",
+    "threading",
+    "processes",
+    "multiprocessing",
+    "default",
+)
+
+
+def _check_scheduler(scheduler) -> None:
+    if scheduler is None or callable(scheduler) or type(scheduler).__name__ == "Client":
+        return
+    if scheduler not in SCHEDULERS:
+        raise ModelFitError(
+            f"scheduler must be one of {list(SCHEDULERS)}, a dask.distributed Client or None, "
+            f"got {scheduler!r}"
+        )
 
 
 def _scalar_parameters(model):

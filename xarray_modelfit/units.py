@@ -150,6 +150,8 @@ def strip_model_units(
 
     if data_unit is None:
         data_unit = u.dimensionless_unscaled
+    if equivalencies is not None and not isinstance(equivalencies, dict):
+        equivalencies = {name: list(equivalencies) for name in model.inputs}  # astropy's list form
     equiv = _combine_equivalency_dict(model.inputs, equivalencies, model.input_units_equivalencies)
     if model.input_units is None:
         target = list(world_units)
@@ -167,7 +169,7 @@ def strip_model_units(
                         f"coordinate of model input {name!r} has units {unit}, which cannot be "
                         f"converted to the model's input units {tgt}: {exc}"
                     ) from None
-                conversions.append((unit, tgt))
+                conversions.append((unit, tgt, equiv[name]))
             else:
                 conversions.append((None, None))
     rename_data: dict[str, Any] = {
@@ -221,12 +223,12 @@ def _as_unit(unit: u.UnitBase | None) -> u.UnitBase:
     return u.dimensionless_unscaled if unit is None else unit
 
 
-def convert_values(values, conversion, equivalencies=None):
-    """Convert plain numbers between units given as ``(from, to)``."""
-    src, dst = conversion
+def convert_values(values, conversion):
+    """Convert plain numbers between units given as ``(from, to[, equivalencies])``."""
+    src, dst, *equiv = conversion
     if src is None or dst is None or src == dst:
         return values
-    return src.to(dst, values, equivalencies=equivalencies or [])
+    return src.to(dst, values, equivalencies=(equiv[0] if equiv else None) or [])
 
 
 def to_param_unit(value, unit: u.UnitBase | None, *, what: str) -> np.ndarray:
