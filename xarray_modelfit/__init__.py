@@ -13,6 +13,7 @@ from xarray_modelfit.io_fits import from_wcs, open_fits, wcs_of
 from xarray_modelfit.kernel.guess import peak_stats, register_guess
 from xarray_modelfit.kernel.status import Status
 from xarray_modelfit.report import failures, summary
+from xarray_modelfit.store import modelfit_to_zarr
 
 __all__ = [
     "ModelFitError",
@@ -25,6 +26,7 @@ __all__ = [
     "from_wcs",
     "load_result",
     "modelfit",
+    "modelfit_to_zarr",
     "open_cube",
     "open_fits",
     "peak_stats",
