@@ -480,10 +480,10 @@ def _fit_dataarray(
 
 def _auto_p0(model, data, weights_da, mask_da, world, p0_da, plan, fd, weights, mask):
     """Per-position initial values estimated from the data, lazily (``p0="auto"``)."""
-    from xarray_modelfit.kernel.guess import guess_chunk, plan_guess
+    from xarray_modelfit.kernel.guess import guess_chunk, guessers_for
 
     try:
-        plan_guess(model)
+        guessers = guessers_for(model)
     except ValueError as exc:
         raise ModelFitError(str(exc)) from None
     return xr.apply_ufunc(
@@ -503,7 +503,7 @@ def _auto_p0(model, data, weights_da, mask_da, world, p0_da, plan, fd, weights, 
         output_core_dims=[[PARAM_DIM]],
         dask="parallelized",
         output_dtypes=[np.float64],
-        kwargs={"plan": plan},
+        kwargs={"plan": plan, "guessers": guessers},
     )
 
 

@@ -62,7 +62,7 @@ def modelfit_to_zarr(
 
     if "compute" in kwargs:
         raise ModelFitError("modelfit_to_zarr always computes; do not pass compute=")
-    lazy = modelfit(obj, model, dims, compute=False, scheduler=scheduler, **kwargs)
+    lazy = modelfit(obj, model, dims, compute=False, scheduler=scheduler, **kwargs).drop_encoding()
     iter_dims = [d for d in lazy.dims if d in obj.dims]
     if not iter_dims:
         raise ModelFitError("modelfit_to_zarr needs at least one iterated dim to split the work")
@@ -71,7 +71,7 @@ def modelfit_to_zarr(
     store = Path(store)
     done = _done(store)
     if not done:
-        lazy.to_zarr(store, mode="w", compute=False, zarr_format=2)
+        lazy.to_zarr(store, mode="w", compute=False)
         _mark(store, [])
     if scheduler is None:
         from xarray_modelfit.fit import DEFAULT_SCHEDULER
@@ -91,10 +91,10 @@ def modelfit_to_zarr(
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         drop = [v for v in part.variables if dim not in part[v].dims]
-        part.drop_vars(drop).to_zarr(store, region={dim: region}, zarr_format=2)
+        part.drop_vars(drop).to_zarr(store, region={dim: region})
         done.append([region.start, region.stop])
         _mark(store, done)
-    result = xr.open_zarr(store, zarr_format=2)
+    result = xr.open_zarr(store)
     result.attrs.pop(DONE_ATTR, None)
     from xarray_modelfit.results import counts
 
@@ -106,7 +106,7 @@ def _done(store: Path) -> list[list[int]]:
     if not store.exists():
         return []
     try:
-        attrs = xr.open_zarr(store, zarr_format=2).attrs
+        attrs = xr.open_zarr(store).attrs
     except Exception:
         return []
     return json.loads(attrs.get(DONE_ATTR, "[]"))
@@ -115,6 +115,6 @@ def _done(store: Path) -> list[list[int]]:
 def _mark(store: Path, done: list) -> None:
     import zarr
 
-    group = zarr.open_group(str(store), mode="r+", zarr_format=2)
+    group = zarr.open_group(str(store), mode="r+")
     group.attrs[DONE_ATTR] = json.dumps(done)
-    zarr.consolidate_metadata(str(store), zarr_format=2)
+    zarr.consolidate_metadata(str(store))

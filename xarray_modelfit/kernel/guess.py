@@ -184,9 +184,20 @@ def _evaluate(leaf, x, values: dict[str, np.ndarray]) -> np.ndarray:
     return leaf.evaluate(*x, *params)
 
 
-def guess_block(block: FitBlock, model) -> np.ndarray:
+def guessers_for(model) -> dict[type, Callable]:
+    """The guess functions a model needs, to ship with the plan to workers
+    (a worker process does not see registrations made in the user's session)."""
+    leaves, peaks, _ = plan_guess(model)
+    return {type(leaves[i]): GUESSES[type(leaves[i])] for i in peaks}
+
+
+def guess_block(block: FitBlock, model, guessers: dict[type, Callable] | None = None) -> np.ndarray:
     """Initial values ``(n, P)`` for every fit of ``block``; fixed parameters keep ``block.p0``."""
+    if guessers is not None:
+        for cls, func in guessers.items():
+            GUESSES.setdefault(cls, func)
     leaves, peaks, linear = plan_guess(model)
+    guessers = {**GUESSES, **(guessers or {})}
     n = block.n
     x = block.x
     y = np.where(block.valid, block.y, np.nan)
@@ -202,7 +213,7 @@ def guess_block(block: FitBlock, model) -> np.ndarray:
     found = []
     for i in peaks:
         leaf = leaves[i]
-        values = GUESSES[type(leaf)](x, resid)
+        values = guessers[type(leaf)](x, resid)
         values = {k: np.nan_to_num(np.asarray(v, dtype=float), nan=1.0) for k, v in values.items()}
         for j, name in enumerate(leaf.param_names):
             if name in values and not leaf.fixed[name]:
@@ -270,7 +281,7 @@ def _fit_linear_leaves(leaves, starts, x, target, out) -> None:
         out[:, col] = sol[:, k]
 
 
-def guess_chunk(data, weights, mask, world, p0, *, plan) -> np.ndarray:
+def guess_chunk(data, weights, mask, world, p0, *, plan, guessers=None) -> np.ndarray:
     """``apply_ufunc`` kernel: initial values ``lead + (P,)`` for one chunk."""
     from xarray_modelfit.kernel.chunk import build_block
 
@@ -282,5 +293,5 @@ def guess_chunk(data, weights, mask, world, p0, *, plan) -> np.ndarray:
     if block.n == 0:
         return np.empty(lead + (P,))
     with np.errstate(all="ignore"):
-        values = guess_block(block, plan.setup.model)
+        values = guess_block(block, plan.setup.model, guessers)
     return values.reshape(lead + (P,))
