@@ -70,3 +70,14 @@ def test_progress_on_cluster(client, data, capsys):
     sync = modelfit(data, model, "velocity", scheduler="synchronous")
     shown = modelfit(data, model, "velocity", scheduler=client, progress=True, chunk_n_max=10)
     xr.testing.assert_identical(shown, sync)
+
+
+def test_auto_p0_selection_and_refit_on_cluster(client, data):
+    candidates = [models.Gaussian1D(), models.Gaussian1D() + models.Gaussian1D()]
+    sync = modelfit(data, candidates, "velocity", p0="auto", scheduler="synchronous")
+    on_client = modelfit(data, candidates, "velocity", p0="auto", scheduler=client, chunk_n_max=10)
+    xr.testing.assert_identical(on_client, sync)
+    model = models.Gaussian1D(2.0, 0.0, 1.2)
+    sync = modelfit(data, model, "velocity", refit="neighbours", scheduler="synchronous")
+    on_client = modelfit(data, model, "velocity", refit="neighbours", scheduler=client)
+    xr.testing.assert_identical(on_client, sync)

@@ -9,6 +9,7 @@ maps :func:`~xarray_modelfit.kernel.chunk.fit_chunk` over dask chunks with
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -65,6 +66,7 @@ def modelfit(
     preflight: bool | Mapping[Hashable, int] = True,
     progress: bool = False,
     select: str = "bic",
+    refit: str | None = None,
 ) -> xr.Dataset:
     """Fit an astropy model along ``dims`` at every other position of ``obj``.
 
@@ -140,6 +142,11 @@ def modelfit(
         at each position (see :mod:`xarray_modelfit.select`). BIC (default)
         penalises extra components more; AIC tends to add components that fit
         noise.
+    refit : {None, "neighbours"}
+        ``"neighbours"``: fit again, from the median of the neighbouring good
+        fits, the fits that failed or whose reduced chi2 or parameters are
+        outliers among their neighbours; keep a refit where it lowers chi2 (see
+        :mod:`xarray_modelfit.refit`).
 
     Returns
     -------
@@ -159,6 +166,10 @@ def modelfit(
     >>> np.round(fit["amplitude"].values, 6).tolist()
     [1.0, 2.0]
     """
+    if refit is not None and (isinstance(model, list | tuple) or isinstance(obj, xr.Dataset)):
+        raise ModelFitError(
+            "refit='neighbours' takes one model and a DataArray; fit each candidate or variable"
+        )
     if isinstance(model, list | tuple):
         return _fit_candidates(obj, model, dims, locals())
     if isinstance(obj, xr.Dataset):
@@ -167,8 +178,57 @@ def modelfit(
         raise ModelFitTypeError(
             f"obj must be an xarray DataArray or Dataset, got {type(obj).__name__}"
         )
-    kwargs = {k: v for k, v in locals().items() if k not in ("obj", "model", "dims", "select")}
+    kwargs = {
+        k: v for k, v in locals().items() if k not in ("obj", "model", "dims", "select", "refit")
+    }
+    if refit is not None:
+        return _fit_with_refit(obj, model, dims, refit, kwargs)
     return _fit_dataarray(obj, model, dims, **kwargs)
+
+
+def _fit_with_refit(obj: xr.DataArray, model, dims, refit: str, kwargs: dict) -> xr.Dataset:
+    """First pass, then neighbour-seeded refits of the suspect fits."""
+    from xarray_modelfit.refit import refit_neighbours
+
+    if refit != "neighbours":
+        raise ModelFitError(f"refit must be None or 'neighbours', got {refit!r}")
+    first = _fit_dataarray(obj, model, dims, **{**kwargs, "compute": False})
+    iter_dims = [d for d in first["fit_status"].dims]
+    if not iter_dims:
+        raise ModelFitError("refit='neighbours' needs iterated dims: there are no neighbours")
+    eager = kwargs["compute"]
+    scheduler = kwargs["scheduler"] or DEFAULT_SCHEDULER[first.attrs["engine"]]
+    if eager:
+        first = _compute(first, scheduler, first.attrs["engine"], kwargs["progress"])
+    user_mask = kwargs["mask"]
+    fit_dims = _normalise_dims(dims)
+
+    def fit_again(p0, skip):
+        mask = skip
+        if user_mask is not None:
+            mask = _aux_array(user_mask, obj, fit_dims, "mask", bool) | skip
+        again = _fit_dataarray(
+            obj,
+            model,
+            dims,
+            **{
+                **kwargs,
+                "p0": {**(kwargs["p0"] if isinstance(kwargs["p0"], Mapping) else {}), **p0},
+                "mask": mask,
+                "compute": False,
+                "preflight": False,
+                "diagnostics": None,
+                "progress": False,
+            },
+        )
+        return _compute(again, scheduler, again.attrs["engine"]) if eager else again
+
+    params = json.loads(first.attrs["param_names"])
+    out = refit_neighbours(first, fit_again, params, iter_dims, eager=eager)
+    out.attrs["refit"] = refit
+    if eager:
+        out.attrs.update(results.counts(out))
+    return out
 
 
 def _fit_candidates(obj, candidates, dims, args: dict) -> xr.Dataset:
@@ -181,7 +241,7 @@ def _fit_candidates(obj, candidates, dims, args: dict) -> xr.Dataset:
         raise ModelFitError("model is an empty list; give one or more candidate models")
     if args["select"] not in CRITERIA:
         raise ModelFitError(f"select must be 'aic' or 'bic', got {args['select']!r}")
-    kwargs = {k: v for k, v in args.items() if k not in ("obj", "model", "dims", "select")}
+    kwargs = {k: v for k, v in args.items() if k not in ("obj", "model", "dims", "select", "refit")}
     parts = [_fit_dataarray(obj, m, dims, **{**kwargs, "compute": False}) for m in candidates]
     out = select_best(parts, candidates, args["select"])
     if args["compute"]:
@@ -195,7 +255,7 @@ def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
     names = [name for name, var in ds.data_vars.items() if all(d in var.dims for d in dims_t)]
     if not names:
         raise ModelFitError(f"no data variable of the Dataset has all fitting dims {list(dims_t)}")
-    kwargs = {k: v for k, v in args.items() if k not in ("obj", "model", "dims", "select")}
+    kwargs = {k: v for k, v in args.items() if k not in ("obj", "model", "dims", "select", "refit")}
     parts = []
     for name in names:
         fitted = _fit_dataarray(ds[name], model, dims_t, **{**kwargs, "compute": False})

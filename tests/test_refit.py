@@ -1,0 +1,73 @@
+"""refit="neighbours": suspect fits refitted from their good neighbours."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.modeling import models
+
+from xarray_modelfit import ModelFitError, Status, modelfit
+from xarray_modelfit.testing import gaussian_cube
+
+
+@pytest.fixture(scope="module")
+def moving_lines():
+    """Lines whose centre sweeps from -7 to +7 across the map: one global start fails on one side."""
+    cube, truth = gaussian_cube(16, 16, 64, noise=0.1, seed=4)
+    v = cube.velocity.values
+    xx = np.linspace(-1, 1, 16)[None, :] * np.ones((16, 1))
+    mean = 7 * xx
+    data = truth["amplitude"] * np.exp(-0.5 * ((v[:, None, None] - mean) / truth["stddev"]) ** 2)
+    data = data + np.random.default_rng(1).normal(0, 0.1, data.shape)
+    return cube.copy(data=data), mean
+
+
+@pytest.mark.parametrize("engine", ["batched", "loop"])
+def test_refit_repairs_fits_from_a_bad_global_start(moving_lines, engine):
+    cube, mean = moving_lines
+    model = models.Gaussian1D(2, -6, 1.0)
+    first = modelfit(cube, model, "velocity", engine=engine, scheduler="threads")
+    wrong = np.abs(first["mean"].values - mean) > 0.5
+    assert wrong.sum() > 50  # the global start misses the lines on the far side
+    res = modelfit(cube, model, "velocity", engine=engine, scheduler="threads", refit="neighbours")
+    assert (np.abs(res["mean"].values - mean) > 0.5).sum() == 0
+    assert (res.fit_status == Status.CONVERGED).all()
+    replaced = res.fit_refit_pass.values > 0
+    assert replaced[wrong].all()
+    # a refit is kept only where chi2 fell
+    had_chi2 = np.isfinite(first.fit_chi2.values)
+    assert (res.fit_chi2_drop.values[replaced & had_chi2] > 0).all()
+    assert np.isnan(res.fit_chi2_drop.values[replaced & ~had_chi2]).all()
+    np.testing.assert_array_equal(res.fit_chi2_drop.values[~replaced], 0)
+    np.testing.assert_array_equal(res["mean"].values[~replaced], first["mean"].values[~replaced])
+    assert res.attrs["refit"] == "neighbours" and res.attrs["n_converged"] == 256
+
+
+def test_refit_lazy_runs_fixed_passes(moving_lines):
+    cube, mean = moving_lines
+    model = models.Gaussian1D(2, -6, 1.0)
+    lazy = modelfit(cube.chunk({"y": 8}), model, "velocity", refit="neighbours", compute=False)
+    assert lazy["mean"].chunks is not None
+    done = lazy.compute(scheduler="threads")
+    first = modelfit(cube, model, "velocity", scheduler="threads")
+    wrong_before = (np.abs(first["mean"].values - mean) > 0.5).sum()
+    wrong_after = (np.abs(done["mean"].values - mean) > 0.5).sum()
+    assert wrong_after < wrong_before / 2  # four passes repair the region near good fits
+    assert int(done.fit_refit_pass.max()) <= 4
+
+
+def test_refit_errors(moving_lines):
+    cube, _ = moving_lines
+    with pytest.raises(ModelFitError, match="refit must be None or 'neighbours'"):
+        modelfit(cube, models.Gaussian1D(), "velocity", refit="again")
+    spectrum = cube.isel(y=0, x=0)
+    with pytest.raises(ModelFitError, match="no neighbours"):
+        modelfit(spectrum, models.Gaussian1D(), "velocity", refit="neighbours")
+
+
+def test_refit_takes_one_model_and_a_dataarray(moving_lines):
+    cube, _ = moving_lines
+    with pytest.raises(ModelFitError, match="takes one model and a DataArray"):
+        modelfit(cube, [models.Gaussian1D()], "velocity", refit="neighbours")
+    with pytest.raises(ModelFitError, match="takes one model and a DataArray"):
+        modelfit(cube.to_dataset(name="c"), models.Gaussian1D(), "velocity", refit="neighbours")
