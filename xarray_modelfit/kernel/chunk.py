@@ -170,13 +170,40 @@ def run_engine(block: FitBlock, plan: FitPlan) -> BlockResult:
     if not block.active.any():
         return BlockResult.empty(block.n, layout.n_params, layout.covariance)
     if plan.engine == "loop":
-        return _engine("loop")(block, plan.setup)
+        return _flag_unmoved(block, _engine("loop")(block, plan.setup), plan.setup)
     try:
         result = _engine(plan.engine)(block, plan.setup)
     except Exception:
-        return _engine("loop")(block, plan.setup)
+        return _flag_unmoved(block, _engine("loop")(block, plan.setup), plan.setup)
+    result = _flag_unmoved(block, result, plan.setup)
     if plan.setup.diagnostics is not None:
         _write_diagnostics(block, result, plan.setup)
+    return result
+
+
+def _flag_unmoved(block: FitBlock, result: BlockResult, setup: EngineSetup) -> BlockResult:
+    """A nonlinear fit that "converged" without moving from its initial values.
+
+    That happens when the convergence tests pass at the start: on data of
+    ~1e-30 the gradient is below scipy's absolute ``gtol``; on data of ~1e30
+    every trial step is rejected until ``xtol`` stops the fit. The parameters
+    are the initial values, so the fit is flagged rather than reported as a
+    clean convergence.
+    """
+    from astropy.modeling.fitting import LinearLSQFitter
+
+    if isinstance(setup.fitter, LinearLSQFitter):
+        return result
+    model = setup.model
+    free = [not model.fixed[n] and not model.tied[n] for n in model.param_names]
+    same = np.all(result.params[:, free] == block.p0[:, free], axis=1)
+    unmoved = block.active & (result.status == Status.CONVERGED) & same
+    for i in np.flatnonzero(unmoved):
+        result.status[i] = Status.CONVERGED_WITH_WARNINGS
+        result.messages[int(i)] = (
+            "stopped at the initial values: the convergence tests passed without any step "
+            "(check the scale of the data and the initial values)"
+        )
     return result
 
 
