@@ -15,6 +15,7 @@ from scipy.optimize import curve_fit
 
 from xarray_modelfit.kernel.batched import _Problem, batched_support, fit_batched
 from xarray_modelfit.kernel.block import EngineSetup, FitBlock
+from xarray_modelfit.kernel.loop import fit_loop
 from xarray_modelfit.kernel.status import Status
 
 RNG = np.random.default_rng(20240611)
@@ -596,3 +597,36 @@ def test_batched_support_reasons():
     with pytest.raises(ValueError, match="SLSQPLSQFitter"):
         x, y, _ = gaussians(2)
         run(g, fitting.SLSQPLSQFitter(), make_block(g, (x,), y))
+
+
+# --------------------------------------------------------------------------- scale
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_data_scale_does_not_make_fits_singular(scale):
+    """The rank rule uses normalised columns of J, so a fit at 1e30 or 1e-30 is not
+    SINGULAR. MINPACK (LevMar, LM) is scale-invariant: the same mean and stddev as
+    unscaled. scipy's TRF/dogbox with x_scale=1 are not (gtol is absolute, xtol
+    relative to ||x||): they stop where astropy's fitter stops."""
+    model = models.Gaussian1D(2.0, 0.0, 1.0)
+    x, y, _ = gaussians(20)
+    p0 = np.tile([1.5, 0.2, 1.3], (20, 1))
+    ps = p0 * [scale, 1, 1]
+    for fitter in (fitting.LevMarLSQFitter(), fitting.LMLSQFitter()):
+        base = run(model, fitter, make_block(model, (x,), y, p0=p0))
+        res = run(model, fitter, make_block(model, (x,), y * scale, p0=ps), covariance=True)
+        assert np.all(res.status == Status.CONVERGED) and np.all(base.status == Status.CONVERGED)
+        np.testing.assert_allclose(res.params[:, 1:], base.params[:, 1:], rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(res.params[:, 0] / scale, base.params[:, 0], rtol=1e-6)
+        np.testing.assert_allclose(res.stderr[:, 1:], base.stderr[:, 1:], rtol=1e-4)
+    # TRF: at 1e-30 gtol stops astropy's fitter at the start; at 1e30 J^T J has a
+    # condition of 1e60 and scipy's path is rounding-driven (some fits run off to a
+    # flat Gaussian, rank-deficient for both engines): compare with the loop engine
+    fitter = fitting.TRFLSQFitter()
+    blk = make_block(model, (x,), y * scale, p0=ps)
+    res = run(model, fitter, blk)
+    ref = fit_loop(blk, EngineSetup(model=model, fitter=fitter, fitter_kwargs={}))
+    if scale < 1:
+        assert np.all(res.status == Status.CONVERGED)
+        np.testing.assert_allclose(res.params, ref.params, rtol=1e-12)
+    singular = res.status == Status.SINGULAR
+    assert np.all(ref.status[singular] == Status.SINGULAR) and singular.mean() < 0.25
+    assert np.all(res.chi2[~singular] <= ref.chi2[~singular] * (1 + 1e-6))

@@ -5,45 +5,36 @@
 points, ``q`` being the free parameters (``p`` adds fixed values and tied
 expressions). All fits advance in lock-step through numpy operations over a
 leading batch axis, each with its own state (no fit influences another), and
-fits that terminate leave the working arrays (an active set). Blocks are
-processed in slices of ~2**18 points to bound temporaries.
+fits that terminate leave the working arrays. Blocks are processed in slices
+of ~2**18 points to bound temporaries.
 
-Algorithm: a trust-region Levenberg-Marquardt method (Moré 1978) as in
-``scipy.optimize.least_squares`` (``scipy/optimize/_lsq``): each step solves
-``min 1/2 p^T J^T J p + g^T p`` with ``||D p|| <= Delta`` by Moré's safeguarded
-Newton iteration on the LM parameter (``solve_lsq_trust_region``; here from the
-eigen-decomposition of ``J^T J``, skipped when the Gauss-Newton step fits), and
-``Delta`` follows ``update_tr_radius``. ``D`` is MINPACK's scaling (running
-maximum of the column norms of ``J``), which makes the method independent of
-parameter units (Hz vs km/s), with ``Delta0 = ||D q0||``. Bounds:
-steps stop at 99.5% of the distance to a bound (as TRF/dogbox keep iterates
-strictly feasible, so degenerate bounds like ``stddev > 0`` cannot trap a fit);
-components that would cross are cut and the others re-solved with them fixed,
-and a parameter on a bound with an outward gradient is frozen (projected
-Newton, Bertsekas 1982). Termination as scipy's ``check_termination``, with
-astropy's ``xtol=acc`` and ``max_nfev=maxiter``: ``ftol=1e-8`` and ``xtol`` on
-every trial step, ``gtol=1e-8`` on the projected gradient; ``nfev`` counts
-residual evaluations (the initial one, not finite-difference ones).
+Algorithm: the fitter's own, step by step (:mod:`xarray_modelfit.kernel._lsq`),
+so that each fit lands where astropy's fitter lands: scipy's TRF for
+``TRFLSQFitter`` and ``DogBoxLSQFitter`` (``x_scale=1``, Coleman-Li scaling and
+reflective, strictly feasible steps with bounds), MINPACK's ``lmder`` for
+``LevMarLSQFitter`` and ``LMLSQFitter`` (column-norm scaling; bounds as
+astropy's ``use_min_max_bounds``: the model sees the parameters clipped to
+their bounds). Tolerances and limits as astropy passes them: ``xtol=acc``,
+``maxfev=maxiter``, scipy's ``ftol``/``gtol`` (``leastsq``'s for LevMar);
+``nfev`` counts residual evaluations as the fitter does. A non-finite model
+value ends a fit as ``SINGULAR``, as astropy's ``NonFiniteValueError`` does.
+A free parameter with equal bounds is held at that value, as the loop engine
+fixes it.
 
 Jacobian: analytic from ``fit_deriv`` (compound ``+ - * /`` models leaf by
 leaf, since astropy's compound ``fit_deriv`` does not broadcast over parameter
 arrays) unless absent, ``estimate_jacobian=True``, or a probe finds it does not
-broadcast or disagrees with finite differences; then scipy's ``2-point`` steps
-with ``diff_step=epsilon``. Ties enter by the chain rule, ``dp_tied/dq`` from
-central differences of the tie expressions evaluated on parameter arrays.
+broadcast or disagrees with finite differences; then forward differences with
+the fitter's steps (scipy's ``2-point`` with ``diff_step=epsilon``; MINPACK's
+``epsilon |q|``). Ties enter by the chain rule, ``dp_tied/dq`` from central
+differences of the tie expressions evaluated on parameter arrays.
 
-Covariance as astropy's ``_NLLSQFitter``: ``pinv(J^T J)`` at the solution with
-singular values of ``J`` below ``eps max(J.shape) s[0]`` dropped, times
-``chi2 / (N - K)`` without weights, none if ``N <= K``. A Jacobian that is
-rank-deficient by that rule marks the fit ``Status.SINGULAR``.
-
-References: J. J. Moré, "The Levenberg-Marquardt algorithm: implementation and
-theory", Lecture Notes in Mathematics 630 (1978) 105-116; M. A. Branch,
-T. F. Coleman, Y. Li, "A subspace, interior, and conjugate gradient method for
-large-scale bound-constrained minimization problems", SIAM J. Sci. Comput. 21
-(1999) 1-23 (scipy's TRF); D. P. Bertsekas, "Projected Newton methods for
-optimization problems with simple constraints", SIAM J. Control Optim. 20
-(1982) 221-246.
+Covariance as astropy's ``_NLLSQFitter``: ``pinv(J^T J)`` at the solution,
+singular values below ``eps max(J.shape) s[0]`` dropped (on normalised columns
+of J, so independent of the parameters' scale), times ``chi2 / (N - K)``
+without weights, none if ``N <= K``. A Jacobian whose normalised columns are
+dependent by that rule marks the fit ``SINGULAR`` (the loop engine's
+:func:`~xarray_modelfit.kernel.loop.rank_deficient`).
 """
 
 from __future__ import annotations
@@ -53,14 +44,13 @@ from typing import Any
 
 import numpy as np
 
+from xarray_modelfit.kernel import _lsq
 from xarray_modelfit.kernel.block import BlockResult, EngineSetup, FitBlock
 from xarray_modelfit.kernel.status import Status
 
 __all__ = ["NONLINEAR_FITTERS", "batched_support", "fit_batched"]
 
 NONLINEAR_FITTERS = ("LevMarLSQFitter", "LMLSQFitter", "TRFLSQFitter", "DogBoxLSQFitter")
-_FTOL = _GTOL = 1e-8  # scipy.optimize.least_squares defaults, which astropy keeps
-_THETA = 0.995  # largest fraction of the distance to a bound covered by one step
 _EPS = np.finfo(float).eps
 _CHUNK_ELEMENTS = 2**18  # fits x points per pass: bounds temporaries, keeps arrays in cache
 
@@ -258,22 +248,10 @@ def _fd_step(q: np.ndarray, hi: np.ndarray, rel: float) -> np.ndarray:
     return np.where(q + h > hi, -h, h)
 
 
-def _normal(J: list[np.ndarray], r: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """``J^T J`` (n, K, K) and ``J^T r`` (n, K) from K arrays of shape (n, m)."""
-    K = len(J)
-    A = np.empty((J[0].shape[0] if K else r.shape[0], K, K))
-    for i in range(K):
-        for j in range(i + 1):
-            A[:, i, j] = A[:, j, i] = np.einsum("nm,nm->n", J[i], J[j])
-    if r is None:
-        return A, None
-    g = [np.einsum("nm,nm->n", Jk, r) for Jk in J]
-    return A, np.stack(g, axis=1) if K else np.zeros((A.shape[0], 0))
-
-
 # --------------------------------------------------------------------------- problem
 class _Data:
-    """Arrays of a subset of fits: x, y, valid, w (or None), p0, lo/hi (free params), rows."""
+    """Arrays of a subset of fits: x, y, valid, w (or None), p0, lo/hi/pinned (free
+    params), rows."""
 
     def __init__(self, **kw: Any):
         self.__dict__.update(kw)
@@ -294,10 +272,15 @@ class _Data:
 class _Problem:
     """Model and constraints; residuals and Jacobians over parameter arrays."""
 
-    def __init__(self, model: Any, kwargs: dict[str, Any]):
+    def __init__(self, model: Any, kwargs: dict[str, Any], minpack: bool = False):
         from astropy.modeling.optimizers import DEFAULT_EPS
 
         self.model = model
+        # MINPACK fitters (astropy's use_min_max_bounds): the model sees the free
+        # parameters clipped to their bounds; fit_deriv sees them as they are
+        # unless the model has fixed or tied parameters (astropy's _wrap_deriv)
+        self.clip = minpack
+        self.fd_minpack = minpack
         names = list(model.param_names)
         self.P = len(names)
         self.ties = [(j, model.tied[nm]) for j, nm in enumerate(names) if model.tied[nm]]
@@ -305,6 +288,7 @@ class _Problem:
         fixed = [j for j, nm in enumerate(names) if model.fixed[nm]]
         self.free = np.setdiff1d(np.arange(self.P), np.r_[fixed, self.tied_idx].astype(int))
         self.K = self.free.size
+        self.jac_raw = minpack and not (fixed or self.ties)
         self.eps = float(kwargs.get("epsilon", DEFAULT_EPS))
         self.failed: dict[int, str] = {}  # block row -> message of the exception
         fast = _fast_kernels().get(type(model))
@@ -369,6 +353,8 @@ class _Problem:
 
     def resid(self, q: np.ndarray, d: _Data) -> np.ndarray:
         """Weighted residuals (n, m), zero at invalid points."""
+        if self.clip:
+            q = np.clip(q, d.lo, d.hi)
         f = self.values(self.full(q, d.p0), d)
         with np.errstate(all="ignore"):
             r = f - d.y
@@ -394,13 +380,18 @@ class _Problem:
         n, m = d.shape
         with np.errstate(all="ignore"):
             if not self.analytic:
-                h = _fd_step(q, d.hi, self.eps)
+                if self.fd_minpack:  # lmdif: forward steps epsilon |q| (epsilon at 0)
+                    h = self.eps * np.where(q == 0, 1.0, np.abs(q))
+                else:
+                    h = _fd_step(q, d.hi, self.eps)
                 J = []
                 for k in range(self.K):
                     qk = q.copy()
                     qk[:, k] += h[:, k]
                     J.append((self.resid(qk, d) - r) / (qk[:, k] - q[:, k])[:, None])
                 return J
+            if self.clip and not self.jac_raw:
+                q = np.clip(q, d.lo, d.hi)
             derivs = _tree_deriv(self.model, d.x, _cols(self.full(q, d.p0)), (n, m))[1]
             J = [derivs[j] for j in self.free]
             if self.ties:
@@ -456,27 +447,86 @@ class _Problem:
 
 
 # --------------------------------------------------------------------------- engine
+class _Evaluator:
+    """The residual side of :mod:`xarray_modelfit.kernel._lsq` for the running fits."""
+
+    def __init__(self, prob: _Problem, data: _Data):
+        self.prob, self.d = prob, data
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.d.rows
+
+    @property
+    def pinned(self) -> np.ndarray:
+        return self.d.pinned
+
+    def take(self, keep: np.ndarray) -> None:
+        self.d = self.d.take(keep)
+
+    def failed(self) -> np.ndarray:
+        if not self.prob.failed:
+            return np.zeros(self.d.rows.size, bool)
+        return np.isin(self.d.rows, list(self.prob.failed))
+
+    def resid(self, q: np.ndarray) -> np.ndarray:
+        return self.prob.resid(q, self.d)
+
+    def normal(self, q: np.ndarray, r: np.ndarray, idx: np.ndarray) -> tuple:
+        d = self.d
+        if idx.size != d.rows.size:
+            d = d.take(idx, skip=("y",) if self.prob.analytic else ())
+        J = _jac(self.prob, q, d, r)
+        A, g = _lsq.normal(J, r)
+        # J^T J under- or overflows for a model far from the data (a Gaussian
+        # 30 sigma away): those rows get J scaled by a power of two ``sig``
+        diag = np.einsum("nkk->nk", A)
+        with np.errstate(invalid="ignore"):
+            big, small = diag.max(axis=1, initial=0.0), diag.min(axis=1, initial=1.0)
+        sig = np.ones(len(A))
+        redo = np.flatnonzero(~(big < 1e200) | (small < 1e-200))
+        if redo.size:
+            mx = np.max([np.max(np.abs(Jk[redo]), axis=1) for Jk in J], axis=0)
+            e = np.frexp(np.where(np.isfinite(mx) & (mx > 0), mx, 1.0))[1]
+            sig[redo] = np.ldexp(1.0, np.clip(-e, -900, 900))
+            A[redo], g[redo] = _lsq.normal([Jk[redo] * sig[redo, None] for Jk in J], r[redo])
+        bad = ~(np.all(np.isfinite(A), axis=(1, 2)) & np.all(np.isfinite(g), axis=1))
+        return A, g, sig, bad
+
+
+def _jac(prob: _Problem, q: np.ndarray, d: _Data, r: np.ndarray | None) -> list[np.ndarray]:
+    """J of the residuals; columns of pinned parameters (lower == upper) are zero."""
+    J = prob.jac(q, d, r)
+    if d.pinned.any():
+        J = [np.where(d.pinned[:, k : k + 1], 0.0, Jk) for k, Jk in enumerate(J)]
+    return J
+
+
 def fit_batched(block: FitBlock, setup: EngineSetup) -> BlockResult:
-    """Fit every active row of ``block`` with a batched trust-region Levenberg-Marquardt.
+    """Fit every active row of ``block`` as ``setup.fitter`` would, all rows at once.
 
     Parameters
     ----------
     block : FitBlock
         ``n`` fits sharing ``setup.model``.
     setup : EngineSetup
-        Unitless model; fitter of :data:`NONLINEAR_FITTERS` (``LinearLSQFitter``
-        dispatches to :func:`xarray_modelfit.kernel.linear.fit_linear`);
-        ``fitter_kwargs`` ``maxiter``, ``acc``, ``epsilon``,
-        ``estimate_jacobian`` with astropy's defaults (others are ignored).
+        Unitless model; fitter of :data:`NONLINEAR_FITTERS` (``LevMarLSQFitter``
+        and ``LMLSQFitter`` run MINPACK's algorithm, ``TRFLSQFitter`` and
+        ``DogBoxLSQFitter`` scipy's TRF; ``LinearLSQFitter`` dispatches to
+        :func:`xarray_modelfit.kernel.linear.fit_linear`); ``fitter_kwargs``
+        ``maxiter``, ``acc``, ``epsilon``, ``estimate_jacobian`` with astropy's
+        defaults (others are ignored).
 
     Returns
     -------
     BlockResult
-        ``CONVERGED``; ``MAX_ITERATIONS`` (parameters kept); ``SINGULAR``
-        (non-finite model or Jacobian, or rank-deficient Jacobian at the
-        solution: NaN parameters); ``FAILED`` (the model raised, message in
-        ``messages``); ``SKIPPED_NO_DATA`` / ``SKIPPED_TOO_FEW_POINTS`` for
-        active rows with no or fewer valid points than free parameters.
+        ``CONVERGED``; ``CONVERGED_WITH_WARNINGS`` (MINPACK's info 6-8, which
+        make astropy warn); ``MAX_ITERATIONS`` (parameters kept); ``SINGULAR``
+        (non-finite model or Jacobian, as astropy's ``NonFiniteValueError``, or
+        Jacobian with dependent normalised columns at the solution: NaN
+        parameters); ``FAILED`` (the model raised, message in ``messages``);
+        ``SKIPPED_NO_DATA`` / ``SKIPPED_TOO_FEW_POINTS`` for active rows with
+        no or fewer valid points than free parameters.
     """
     from astropy.modeling.optimizers import DEFAULT_ACC, DEFAULT_MAXITER
 
@@ -488,37 +538,56 @@ def fit_batched(block: FitBlock, setup: EngineSetup) -> BlockResult:
     if kind is None:
         raise ValueError(batched_support(setup.model, setup.fitter))
     kw = dict(setup.fitter_kwargs or {})
-    prob = _Problem(setup.model, kw)
+    name = type(setup.fitter).__name__
+    minpack = name in ("LevMarLSQFitter", "LMLSQFitter")
+    prob = _Problem(setup.model, kw, minpack=minpack)
     res = BlockResult.empty(block.n, prob.P, setup.covariance)
     rows = _triage(block, prob.K, res)
     if rows.size == 0:
         return res
+    levmar = name == "LevMarLSQFitter"  # scipy.optimize.leastsq's defaults
     opts = {
         "maxfev": int(kw.get("maxiter", DEFAULT_MAXITER)),
         "xtol": float(kw.get("acc", DEFAULT_ACC)),
+        "ftol": 1.49012e-8 if levmar else 1e-8,
+        "gtol": 0.0 if levmar else 1e-8,
     }
     step = max(1, _CHUNK_ELEMENTS // max(1, block.y.shape[1]))
     for start in range(0, rows.size, step):  # bounded temporaries, cache-friendly arrays
         data = _block_data(block, rows[start : start + step], prob)
         q0 = np.clip(data.p0[:, prob.free], data.lo, data.hi)
-        out = _trust_region(prob, data, q0, opts, res.messages)
+        ev = _Evaluator(prob, data)
+        if minpack:
+            out = _lsq.minpack(ev, q0, opts, res.messages)
+        else:
+            nval = data.valid.sum(axis=1)
+            out = _lsq.trf(ev, q0, data.lo, data.hi, nval, opts, res.messages)
+        if prob.clip:
+            out["q"] = np.clip(out["q"], data.lo, data.hi)
         _finalise(prob, data, out, res, weighted=block.weights is not None)
     res.messages.update(prob.failed)
     return res
 
 
 def _block_data(block: FitBlock, rows: np.ndarray, prob: _Problem) -> _Data:
+    """The arrays of some rows; a free parameter with equal bounds is pinned
+    (held at its bound with infinite bounds, as the loop engine fixes it)."""
     valid = block.valid[rows]
     all_valid = bool(valid.all())
     w = None if block.weights is None else block.weights[rows]
+    lo, hi = block.lower[rows][:, prob.free], block.upper[rows][:, prob.free]
+    pinned = lo == hi
+    p0 = block.p0[rows].astype(float)
+    p0[:, prob.free] = np.where(pinned, lo, p0[:, prob.free])
     return _Data(
         x=tuple(xx if xx.shape[0] == 1 else xx[rows] for xx in block.x),
         y=block.y[rows] if all_valid else np.where(valid, block.y[rows], 0.0),
         valid=valid,
         w=w if w is None or all_valid else np.where(valid, w, 0.0),
-        p0=block.p0[rows].astype(float),
-        lo=block.lower[rows][:, prob.free],
-        hi=block.upper[rows][:, prob.free],
+        p0=p0,
+        lo=np.where(pinned, -np.inf, lo),
+        hi=np.where(pinned, np.inf, hi),
+        pinned=pinned,
         rows=rows,
         all_valid=all_valid,
     )
@@ -533,201 +602,13 @@ def _triage(block: FitBlock, K: int, res: BlockResult) -> np.ndarray:
     return rows[(nval > 0) & (nval >= K)]
 
 
-class _State:
-    """Iteration state of the running fits (rows of ``d``); ``pos`` indexes the outputs."""
-
-    names = ("pos", "q", "r", "F", "A", "g", "D", "delta", "nfev", "code")
-
-    def take(self, keep: np.ndarray) -> None:
-        for nm in self.names:
-            setattr(self, nm, getattr(self, nm)[keep])
-        self.d = self.d.take(keep)
-
-
-def _tr_step(A: np.ndarray, g: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """Solve ``min 1/2 p^T A p + g^T p`` subject to ``||p|| <= delta``, fit by fit.
-
-    scipy's ``solve_lsq_trust_region`` (Moré 1978; safeguarded Newton on
-    ``||p(alpha)|| = delta`` with ``p(alpha) = -(A + alpha I)^-1 g``), batched,
-    with the eigen-decomposition of ``A = J^T J`` in place of the SVD of ``J``.
-    """
-    try:  # most steps are Gauss-Newton steps inside the region: no eigen-decomposition
-        p = -np.linalg.solve(A, g[:, :, None])[:, :, 0]
-        gn = np.all(np.isfinite(p), axis=1) & (np.linalg.norm(p, axis=1) <= delta)
-    except np.linalg.LinAlgError:
-        p, gn = np.zeros_like(g), np.zeros(len(g), bool)
-    if gn.all():
-        return p
-    rest = np.flatnonzero(~gn)
-    p[rest] = _tr_step_eigh(A[rest], g[rest], delta[rest])
-    return p
-
-
-def _tr_step_eigh(A: np.ndarray, g: np.ndarray, delta: np.ndarray) -> np.ndarray:
-    """:func:`_tr_step` through the eigen-decomposition of ``A``."""
-    sig, V = np.linalg.eigh(A)
-    sig = np.maximum(sig, 0.0)
-    gt = np.einsum("nkj,nk->nj", V, g)  # V^T g
-    full_rank = sig[:, 0] > 1e-14 * sig[:, -1]
-    with np.errstate(all="ignore"):
-        gn = np.where(full_rank[:, None], gt / np.where(full_rank[:, None], sig, 1.0), 0.0)
-        gn_norm = np.linalg.norm(gn, axis=1)
-        alpha = np.zeros(len(sig))
-        todo = ~(full_rank & (gn_norm <= delta)) & (np.abs(gt).max(axis=1, initial=0) > 0)
-        if todo.any():
-            s_, gt_, d_ = sig[todo], gt[todo], delta[todo]
-
-            def phi(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-                den = s_ + a[:, None]
-                pn = np.linalg.norm(gt_ / den, axis=1)
-                return pn - d_, -np.sum(gt_**2 / den**3, axis=1) / pn
-
-            upper = np.linalg.norm(gt_, axis=1) / d_
-            f0, fp0 = phi(np.zeros(len(d_)))
-            lower = np.where(full_rank[todo], -f0 / fp0, 0.0)
-            a = np.maximum(1e-3 * upper, np.sqrt(lower * upper))
-            run = np.ones(len(d_), bool)  # each fit stops on its own, as in scipy
-            for _ in range(10):
-                out = (a < lower) | (a > upper)
-                a = np.where(run & out, np.maximum(1e-3 * upper, np.sqrt(lower * upper)), a)
-                f, fp = phi(a)
-                upper = np.where(run & (f < 0), a, upper)
-                ratio = f / fp
-                lower = np.where(run, np.maximum(lower, a - ratio), lower)
-                a = np.where(run, a - (f + d_) * ratio / d_, a)
-                run &= ~(np.abs(f) < 0.01 * d_)
-                if not run.any():
-                    break
-            alpha[todo] = a
-        pt = np.where(todo[:, None], gt / (sig + alpha[:, None]), gn)
-        p = -np.einsum("nkj,nj->nk", V, pt)
-        pn = np.linalg.norm(p, axis=1)
-        p *= np.where(todo & (pn > 0), delta / pn, 1.0)[:, None]  # onto the boundary, as scipy
-    return np.where(np.isfinite(p), p, 0.0)
-
-
-def _box_step(s: _State, freeze: np.ndarray) -> np.ndarray:
-    """Trust-region step in the scaled variables ``D q`` that stays inside the box.
-
-    Like scipy's TRF / dogbox, a step goes at most 99.5% of the way to a bound
-    (so a degenerate bound such as ``stddev > 0`` cannot trap a fit). Components
-    whose step would cross a bound are cut there and the other components are
-    solved again with those displacements fixed (a projected-Newton active set).
-    """
-    A, g, D, q, lo, hi = s.A, s.g, s.D, s.q, s.d.lo, s.d.hi
-    eye = np.eye(q.shape[1], dtype=bool)
-
-    def solve(rows: Any, fz: np.ndarray, gm: np.ndarray) -> np.ndarray:
-        Dr = D[rows]
-        Ah = A[rows] / (Dr[:, :, None] * Dr[:, None, :])
-        if fz.any():
-            Ah = np.where(fz[:, :, None] | fz[:, None, :], 0.0, Ah)
-            Ah[fz[:, :, None] & eye] = 1.0
-        return _tr_step(Ah, np.where(fz, 0.0, gm / Dr), s.delta[rows]) / Dr
-
-    step = solve(slice(None), freeze, g)
-    lim_lo, lim_hi = q - _THETA * (q - lo), q + _THETA * (hi - q)
-    cross = ~freeze & ((q + step < lim_lo) | (q + step > lim_hi))
-    rows = np.flatnonzero(cross.any(axis=1))
-    if rows.size:
-        c = cross[rows]
-        dc = np.where(c, np.clip(q[rows] + step[rows], lim_lo[rows], lim_hi[rows]) - q[rows], 0.0)
-        gm = g[rows] + np.matmul(A[rows], dc[:, :, None])[:, :, 0]
-        step[rows] = np.where(c, dc, solve(rows, freeze[rows] | c, gm))
-    return np.clip(q + step, lim_lo, lim_hi) - q
-
-
-def _trust_region(
-    prob: _Problem, data: _Data, q0: np.ndarray, opts: dict[str, Any], messages: dict[int, str]
-) -> dict[str, np.ndarray]:
-    """Run the batched trust-region LM; per fitted row: q, status, nfev, F, ``J^T J`` at q."""
-    n, K = q0.shape
-    out = {"q": q0.copy(), "status": np.full(n, -1), "nfev": np.ones(n, np.int64),
-           "F": np.full(n, np.nan), "A": np.zeros((n, K, K))}  # fmt: skip
-    s = _State()
-    s.d, s.pos, s.q, s.nfev = data, np.arange(n), q0.copy(), np.ones(n, np.int64)
-    s.r = prob.resid(s.q, s.d)
-    s.F = 0.5 * np.einsum("nm,nm->n", s.r, s.r)
-    s.code = np.where(np.isfinite(s.F), -1, int(Status.SINGULAR))
-    for i in np.flatnonzero(~np.isfinite(s.F)):
-        messages[int(data.rows[i])] = "the model is non-finite at the initial parameters"
-    s.A, s.g, s.D = np.zeros((n, K, K)), np.zeros((n, K)), np.zeros((n, K))
-    _update_jacobian(prob, s, np.flatnonzero(s.code < 0), messages)
-    s.delta = np.linalg.norm(s.q * s.D, axis=1)
-    s.delta[~(s.delta > 0)] = 1.0
-    xtol, maxfev = opts["xtol"], opts["maxfev"]
-    while True:
-        if prob.failed:
-            s.code[np.isin(s.d.rows, list(prob.failed))] = Status.FAILED
-        # parameters at a bound with the gradient pointing outward stay there
-        freeze = ((s.q <= s.d.lo) & (s.g > 0)) | ((s.q >= s.d.hi) & (s.g < 0))
-        gnorm = np.max(np.abs(np.where(freeze, 0.0, s.g)), axis=1, initial=0.0)
-        s.code[(s.code < 0) & (gnorm < _GTOL)] = Status.CONVERGED
-        s.code[(s.code < 0) & (s.nfev >= maxfev)] = Status.MAX_ITERATIONS
-        done = s.code >= 0
-        if done.any():
-            for key in ("q", "nfev", "F", "A"):
-                out[key][s.pos[done]] = getattr(s, key)[done]
-            out["status"][s.pos[done]] = s.code[done]
-            s.take(~done)
-            freeze = freeze[~done]
-        if s.pos.size == 0:
-            return out
-        step = _box_step(s, freeze)
-        qn = s.q + step
-        hnorm = np.linalg.norm(step * s.D, axis=1)
-        pred = -np.einsum("nk,nk->n", s.g + 0.5 * np.matmul(s.A, step[:, :, None])[:, :, 0], step)
-        rn = prob.resid(qn, s.d)
-        s.nfev += 1
-        Fn = 0.5 * np.einsum("nm,nm->n", rn, rn)
-        fin = np.isfinite(Fn) & np.all(np.isfinite(qn), axis=1)
-        with np.errstate(all="ignore"):
-            ared = np.where(fin, s.F - Fn, -np.inf)
-            ratio = np.where(pred > 0, ared / pred, np.where((pred == 0) & (ared == 0), 1.0, 0.0))
-        ratio = np.where(fin, ratio, 0.0)
-        # scipy's update_tr_radius; a non-finite trial shrinks the region too
-        grow = (ratio > 0.75) & (hnorm > 0.95 * s.delta)
-        s.delta = np.where(ratio < 0.25, 0.25 * hnorm, np.where(grow, 2 * s.delta, s.delta))
-        ftol_ok = (ared < _FTOL * s.F) & (ratio > 0.25)
-        xtol_ok = np.linalg.norm(step, axis=1) < xtol * (xtol + np.linalg.norm(s.q, axis=1))
-        s.code[(s.code < 0) & fin & (ftol_ok | xtol_ok)] = Status.CONVERGED
-        acc = fin & (ared > 0)
-        s.q[acc], s.F[acc] = qn[acc], Fn[acc]
-        if acc.all():
-            s.r = rn
-        else:
-            np.copyto(s.r, rn, where=acc[:, None])
-        # J at the new points; also for fits that just converged: their covariance needs it
-        idx = np.flatnonzero(acc & (s.code <= Status.CONVERGED))
-        _update_jacobian(prob, s, idx, messages)
-
-
-def _update_jacobian(prob: _Problem, s: _State, idx: np.ndarray, messages: dict[int, str]) -> None:
-    """Recompute ``A = J^T J``, ``g = J^T r`` and the scaling ``D`` at rows ``idx``."""
-    if idx.size == 0:
-        return
-    if idx.size == s.pos.size:
-        d, q, r = s.d, s.q, s.r
-    else:
-        d, q, r = s.d.take(idx, skip=("y",) if prob.analytic else ()), s.q[idx], s.r[idx]
-    A, g = _normal(prob.jac(q, d, r), r)
-    bad = ~(np.all(np.isfinite(A), axis=(1, 2)) & np.all(np.isfinite(g), axis=1))
-    for i in np.flatnonzero(bad):
-        messages[int(d.rows[i])] = "the Jacobian is non-finite"
-    s.code[idx[bad]] = Status.SINGULAR
-    A[bad], g[bad] = 0.0, 0.0
-    s.A[idx], s.g[idx] = A, g
-    # MINPACK's scaling: running maximum of the column norms of J (1 where zero)
-    D = np.maximum(s.D[idx], np.sqrt(np.einsum("nkk->nk", A)))
-    s.D[idx] = np.where(D > 0, D, 1.0)
-
-
 def _finalise(prob: _Problem, data: _Data, out: dict, res: BlockResult, weighted: bool) -> None:
     """Write parameters, chi2, nfev, rank check and covariance of the fitted rows."""
     rows, K, free, status = data.rows, prob.K, prob.free, out["status"]
     res.status[rows] = np.where(status < 0, Status.FAILED, status)
     res.nfev[rows] = out["nfev"]
-    sel = np.flatnonzero(np.isin(status, (Status.CONVERGED, Status.MAX_ITERATIONS)))
+    usable = (Status.CONVERGED, Status.CONVERGED_WITH_WARNINGS, Status.MAX_ITERATIONS)
+    sel = np.flatnonzero(np.isin(status, usable))
     d, ab = data.take(sel), rows[sel]
     p = prob.full(out["q"][sel], d.p0)
     chi2 = 2 * out["F"][sel]
@@ -737,10 +618,10 @@ def _finalise(prob: _Problem, data: _Data, out: dict, res: BlockResult, weighted
 
     def jac(i: np.ndarray) -> list[np.ndarray]:  # J of some of the selected rows
         di, qi = d.take(i), out["q"][sel[i]]
-        return prob.jac(qi, di, None if prob.analytic else prob.resid(qi, di))
+        return _jac(prob, qi, di, None if prob.analytic else prob.resid(qi, di))
 
     if K and sel.size:
-        cov, rank_ok = _pinv_cov(out["A"][sel], jac, nval)
+        cov, rank_ok = _lsq.pinv_cov(out["A"][sel], out["sig"][sel], jac, nval, d.pinned)
         if not weighted:
             with np.errstate(all="ignore"):
                 cov *= (chi2 / (nval - K))[:, None, None]
@@ -761,26 +642,3 @@ def _finalise(prob: _Problem, data: _Data, out: dict, res: BlockResult, weighted
         full = np.full((sel.size, prob.P, prob.P), np.nan)
         full[:, free[:, None], free[None, :]] = cov
         res.covariance[ab[ok]] = full[ok]
-
-
-def _pinv_cov(A: np.ndarray, jac: Any, nval: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Astropy's ``pinv(J^T J)`` (SVD of J, small singular values dropped), full-rank flags.
-
-    Rows with ``cond(J) < 1e4`` use the eigen-decomposition of ``A = J^T J``,
-    as accurate there as the SVD; ``jac(idx)`` gives J of the other rows.
-    """
-    K = A.shape[1]
-    lam, V = np.linalg.eigh(A)
-    easy = lam[:, 0] > 1e-8 * lam[:, -1]
-    inv = np.where(easy[:, None], 1.0 / np.where(easy[:, None], lam, 1.0), 0.0)
-    rank_ok = easy.copy()
-    hard = np.flatnonzero(~easy)
-    if hard.size:
-        Jh = np.stack(jac(hard), axis=-1)
-        _, sv, Vt = np.linalg.svd(np.where(np.isfinite(Jh), Jh, 0.0), full_matrices=False)
-        keep = sv > (_EPS * np.maximum(nval[hard], K) * sv[:, 0])[:, None]
-        with np.errstate(all="ignore"):
-            inv[hard] = np.where(keep, 1.0 / np.where(keep, sv, 1.0) ** 2, 0.0)
-        V[hard] = np.swapaxes(Vt, 1, 2)
-        rank_ok[hard] = keep.all(axis=1) & (sv[:, 0] > 0)
-    return np.einsum("nik,nk,njk->nij", V, inv, V), rank_ok
