@@ -18,7 +18,7 @@ class Picky(fitting.TRFLSQFitter):
         if y[0] == 99.0:
             raise RuntimeError("deliberate failure")
         if y[1] == 42.0:
-            warnings.warn("deliberate warning")
+            warnings.warn("deliberate warning", stacklevel=2)
         return super().__call__(model, x, y, **kwargs)
 
 

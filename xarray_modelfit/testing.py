@@ -37,11 +37,19 @@ def gaussian_cube(
     truth: dict[str, np.ndarray] = {}
     spacing = 16.0 / max(n_components, 1)
     for k in range(n_components):
-        amp = 2.0 + 0.9 * np.cos(2.5 * (xx - 0.3 * k)) * np.sin(2.0 * yy + 1.0) + rng.normal(0, 0.05, (ny, nx))
+        amp = (
+            2.0
+            + 0.9 * np.cos(2.5 * (xx - 0.3 * k)) * np.sin(2.0 * yy + 1.0)
+            + rng.normal(0, 0.05, (ny, nx))
+        )
         mean = (
             -8.0 + spacing * (k + 0.5) + 1.5 * (0.6 * yy + 0.4 * xx) + rng.normal(0, 0.1, (ny, nx))
         )
-        std = 1.2 + 0.35 * np.exp(-((xx - 0.2) ** 2 + (yy + 0.1) ** 2) / 0.3) + rng.normal(0, 0.02, (ny, nx))
+        std = (
+            1.2
+            + 0.35 * np.exp(-((xx - 0.2) ** 2 + (yy + 0.1) ** 2) / 0.3)
+            + rng.normal(0, 0.02, (ny, nx))
+        )
         data += amp * np.exp(-0.5 * ((v[:, None, None] - mean) / std) ** 2)
         suffix = f"_{k}" if n_components > 1 or continuum is not None else ""
         truth[f"amplitude{suffix}"] = amp
