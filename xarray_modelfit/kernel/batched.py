@@ -52,7 +52,7 @@ __all__ = ["NONLINEAR_FITTERS", "batched_support", "fit_batched"]
 
 NONLINEAR_FITTERS = ("LevMarLSQFitter", "LMLSQFitter", "TRFLSQFitter", "DogBoxLSQFitter")
 _EPS = np.finfo(float).eps
-_CHUNK_ELEMENTS = 2**18  # fits x points per pass: bounds temporaries, keeps arrays in cache
+_CHUNK_ELEMENTS = 2**20  # fits x points per pass: bounds temporaries, keeps arrays in cache
 
 
 def _fitter_kind(fitter: Any) -> str | None:
