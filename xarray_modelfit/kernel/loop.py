@@ -66,11 +66,28 @@ def rank_deficient(jac: np.ndarray) -> bool:
     return bool(s[-1] <= np.finfo(float).eps * max(jac.shape) * s[0])
 
 
-def _singular(fitter) -> bool:
+def _singular(fitter, model, x, params, free, weights) -> bool:
+    """Rank test at the solution: the fitter's own Jacobian, else the model's ``fit_deriv``.
+
+    scipy's least_squares reports its Jacobian; MINPACK's (LevMarLSQFitter) does
+    not, so there the analytic derivatives are used when the model has them.
+    """
     info = getattr(fitter, "fit_info", None)
     if isinstance(info, dict) and info.get("jac") is not None:
         return rank_deficient(info["jac"])
-    return False
+    if type(fitter).__name__ != "LevMarLSQFitter" or model.fit_deriv is None:
+        return False
+    try:
+        derivs = model.fit_deriv(*x, *params)
+        jac = np.array([np.broadcast_to(d, x[0].shape) for d in derivs], dtype=float)
+        if model.col_fit_deriv is False:
+            jac = jac.T
+        jac = jac[free].T
+        if weights is not None:
+            jac = jac * weights[:, None]
+    except Exception:
+        return False
+    return rank_deficient(jac)
 
 
 def _covariance(fitter) -> np.ndarray | None:
@@ -127,7 +144,7 @@ def fit_loop(block: FitBlock, setup: EngineSetup) -> BlockResult:
             chi2 = float(np.sum(resid**2))
             if not (np.all(np.isfinite(params)) and np.isfinite(chi2)):
                 status = Status.SINGULAR
-            elif _singular(fitter):
+            elif _singular(fitter, fitted, x, params, free, w):
                 status = Status.SINGULAR
                 result.messages[int(i)] = "the Jacobian is rank-deficient at the solution"
             result.params[i] = params
