@@ -3,13 +3,11 @@
 The project's quality bar: the batched chi2 is <= the loop engine's chi2 x (1 + 1e-6)
 for >= 99% of the fits and worse by more than 1% for <= 0.1% of them; where both
 converge, the parameters agree to rtol 1e-4 (>= 99% of those fits). Checked on the
-L1448 13CO cube of astropy's walkthrough (sub-cube and full cube with TRF; the full
-cube with LevMar too when ``XARRAY_MODELFIT_FULL=1``) and on synthetic cubes; plus the status of degenerate fits.
+L1448 13CO cube of astropy's walkthrough (sub-cube and full cube) and on synthetic cubes; plus the status of degenerate fits.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 
 import numpy as np
@@ -110,8 +108,6 @@ def test_l1448_subcube_batched_vs_loop(l1448, loop_reference, fitter, bounded):
 @pytest.mark.parametrize("bounded", [False, True], ids=["free", "mean_bounds"])
 @pytest.mark.parametrize("fitter", ["trf", "levmar"])
 def test_l1448_full_cube_batched_vs_loop(l1448, loop_reference, fitter, bounded):
-    if fitter == "levmar" and os.environ.get("XARRAY_MODELFIT_FULL") != "1":
-        pytest.skip("the full cube with LevMar adds ~1 min: set XARRAY_MODELFIT_FULL=1")
     ref = loop_reference(fitter, bounded)
     b = fit(l1448, walkthrough_model(bounded), fitter=fitter)
     assert_bar(b, ref, ("amplitude", "mean", "stddev"))

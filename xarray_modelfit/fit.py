@@ -19,6 +19,13 @@ import numpy as np
 import xarray as xr
 
 from xarray_modelfit import results
+from xarray_modelfit._validate import (
+    aux_array,
+    check_scheduler,
+    normalise_dims,
+    select_engine,
+    validate_model_fitter,
+)
 from xarray_modelfit.coords import world_inputs
 from xarray_modelfit.errors import ModelFitError, ModelFitTypeError
 from xarray_modelfit.kernel import diagnostics as _diag
@@ -201,12 +208,12 @@ def _fit_with_refit(obj: xr.DataArray, model, dims, refit: str, kwargs: dict) ->
     if eager:
         first = _compute(first, scheduler, first.attrs["engine"], kwargs["progress"])
     user_mask = kwargs["mask"]
-    fit_dims = _normalise_dims(dims)
+    fit_dims = normalise_dims(dims)
 
     def fit_again(p0, skip):
         mask = skip
         if user_mask is not None:
-            mask = _aux_array(user_mask, obj, fit_dims, "mask", bool) | skip
+            mask = aux_array(user_mask, obj, fit_dims, "mask", bool) | skip
         again = _fit_dataarray(
             obj,
             model,
@@ -251,7 +258,7 @@ def _fit_candidates(obj, candidates, dims, args: dict) -> xr.Dataset:
 
 
 def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
-    dims_t = _normalise_dims(dims)
+    dims_t = normalise_dims(dims)
     names = [name for name, var in ds.data_vars.items() if all(d in var.dims for d in dims_t)]
     if not names:
         raise ModelFitError(f"no data variable of the Dataset has all fitting dims {list(dims_t)}")
@@ -266,90 +273,6 @@ def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
         out = _compute(out, args["scheduler"], parts[0].attrs["engine"], args["progress"])
         out.attrs.update(results.counts(out, prefixes=[f"{n}_" for n in names]))
     return out
-
-
-def _normalise_dims(dims) -> tuple[Hashable, ...]:
-    if isinstance(dims, str) or not isinstance(dims, Sequence):
-        return (dims,)
-    return tuple(dims)
-
-
-def _validate_model_fitter(model, fitter):
-    from astropy.modeling import Model, fitting
-
-    if not isinstance(model, Model):
-        raise ModelFitTypeError(
-            f"model must be an astropy.modeling Model instance, got {type(model).__name__}"
-        )
-    if model.n_outputs != 1:
-        raise ModelFitError(
-            f"model must have one output, {model.name or type(model).__name__} has {model.n_outputs}"
-        )
-    if fitter is None:
-        fitter = fitting.TRFLSQFitter()
-    if isinstance(fitter, type):
-        raise ModelFitTypeError(
-            f"fitter must be a fitter instance, got the class {fitter.__name__}; call it: {fitter.__name__}()"
-        )
-    if not isinstance(fitter, fitting.Fitter) and not callable(fitter):
-        raise ModelFitTypeError(
-            f"fitter must be an astropy fitter instance (e.g. TRFLSQFitter()) or a callable "
-            f"fitter object, got {type(fitter).__name__}"
-        )
-    return fitter
-
-
-def _select_engine(engine: str, model, fitter) -> str:
-    if engine not in ("auto", "loop", "batched"):
-        raise ModelFitError(f"engine must be 'auto', 'loop' or 'batched', got {engine!r}")
-    if engine == "loop":
-        return "loop"
-    from xarray_modelfit.kernel.batched import batched_support
-
-    reason = batched_support(model, fitter)
-    if reason is None:
-        return "batched"
-    if engine == "batched":
-        raise ModelFitError(f"engine='batched' cannot fit this: {reason}. Use engine='loop'")
-    return "loop"
-
-
-def _aux_array(value, obj: xr.DataArray, fit_dims, what: str, dtype) -> xr.DataArray:
-    """weights/mask as a DataArray with every fitting dim (a 0-d placeholder if None)."""
-    if value is None:
-        return xr.DataArray(np.zeros((), dtype=dtype))
-    if isinstance(value, xr.DataArray):
-        bad = [d for d in value.dims if d not in obj.dims]
-        if bad:
-            raise ModelFitError(
-                f"{what} has dims {list(value.dims)}, but {bad} are not dims of the data {list(obj.dims)}"
-            )
-        for d in value.dims:
-            if value.sizes[d] != obj.sizes[d]:
-                raise ModelFitError(
-                    f"{what} has length {value.sizes[d]} along {d!r}; the data has {obj.sizes[d]}"
-                )
-        da = value.drop_vars(list(value.coords))
-    else:
-        arr = (
-            np.asarray(value)
-            if not hasattr(value, "dask") and not hasattr(value, "chunks")
-            else value
-        )
-        try:
-            np.broadcast_shapes(arr.shape, obj.shape)
-        except ValueError:
-            raise ModelFitError(
-                f"{what} has shape {arr.shape}, which does not broadcast to the data shape {obj.shape} (dims {list(obj.dims)})"
-            ) from None
-        da = xr.DataArray(arr, dims=obj.dims[obj.ndim - arr.ndim :])
-        da = da.squeeze([d for d in da.dims if da.sizes[d] == 1 and obj.sizes[d] != 1], drop=True)
-    if not (np.issubdtype(da.dtype, np.number) or da.dtype == bool):
-        raise ModelFitTypeError(f"{what} must be numeric or boolean, got dtype {da.dtype}")
-    missing = [d for d in fit_dims if d not in da.dims]
-    if missing:
-        da = da.expand_dims({d: obj.sizes[d] for d in missing})
-    return da.astype(dtype)
 
 
 def _chunked(obj: xr.DataArray, fit_dims, iter_dims, n_max: int) -> xr.DataArray:
@@ -394,8 +317,8 @@ def _fit_dataarray(
     preflight,
     progress,
 ) -> xr.Dataset:
-    fit_dims = _normalise_dims(dims)
-    fitter = _validate_model_fitter(model, fitter)
+    fit_dims = normalise_dims(dims)
+    fitter = validate_model_fitter(model, fitter)
     for d in fit_dims:
         if d not in obj.dims:
             raise ModelFitError(
@@ -404,7 +327,7 @@ def _fit_dataarray(
     for d in fit_dims:
         if obj.sizes[d] == 0:
             raise ModelFitError(f"fitting dim {d!r} has length 0: there is nothing to fit along it")
-    _check_scheduler(scheduler)
+    check_scheduler(scheduler)
     if len(set(fit_dims)) != len(fit_dims):
         raise ModelFitError(f"dims {list(fit_dims)} names a dim twice")
     if len(fit_dims) != model.n_inputs:
@@ -466,9 +389,9 @@ def _fit_dataarray(
     )
     lower, upper = bounds_arrays(unitless, bounds, units_ctx.param_units, iter_dims, iter_shape)
     unitless = _scalar_parameters(unitless)
-    engine_name = _select_engine(engine, unitless, fitter)
-    weights_da = _aux_array(weights, obj, fit_dims, "weights", np.float64)
-    mask_da = _aux_array(mask, obj, fit_dims, "mask", bool)
+    engine_name = select_engine(engine, unitless, fitter)
+    weights_da = aux_array(weights, obj, fit_dims, "weights", np.float64)
+    mask_da = aux_array(mask, obj, fit_dims, "mask", bool)
 
     n_max = chunk_n_max or DEFAULT_CHUNK_N_MAX[engine_name]
     data = _chunked(obj.drop_vars(list(obj.coords)), fit_dims, iter_dims, n_max)
@@ -565,28 +488,6 @@ def _auto_p0(model, data, weights_da, mask_da, world, p0_da, plan, fd, weights, 
         output_dtypes=[np.float64],
         kwargs={"plan": plan, "guessers": guessers},
     )
-
-
-SCHEDULERS = (
-    "synchronous",
-    "sync",
-    "single-threaded",
-    "threads",
-    "threading",
-    "processes",
-    "multiprocessing",
-    "default",
-)
-
-
-def _check_scheduler(scheduler) -> None:
-    if scheduler is None or callable(scheduler) or type(scheduler).__name__ == "Client":
-        return
-    if scheduler not in SCHEDULERS:
-        raise ModelFitError(
-            f"scheduler must be one of {list(SCHEDULERS)}, a dask.distributed Client or None, "
-            f"got {scheduler!r}"
-        )
 
 
 def _scalar_parameters(model):

@@ -11,6 +11,7 @@ the regions that are missing.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Hashable
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def modelfit_to_zarr(
     store = Path(store)
     done = _done(store)
     if not done:
-        lazy.to_zarr(store, mode="w", compute=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            lazy.to_zarr(store, mode="w", compute=False)
         _mark(store, [])
     if scheduler is None:
         from xarray_modelfit.fit import DEFAULT_SCHEDULER
@@ -91,7 +94,9 @@ def modelfit_to_zarr(
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         drop = [v for v in part.variables if dim not in part[v].dims]
-        part.drop_vars(drop).to_zarr(store, region={dim: region})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            part.drop_vars(drop).to_zarr(store, region={dim: region})
         done.append([region.start, region.stop])
         _mark(store, done)
     result = xr.open_zarr(store)
@@ -117,4 +122,6 @@ def _mark(store: Path, done: list) -> None:
 
     group = zarr.open_group(str(store), mode="r+")
     group.attrs[DONE_ATTR] = json.dumps(done)
-    zarr.consolidate_metadata(str(store))
+    with warnings.catch_warnings():  # zarr 3 notes that consolidated metadata is an extension
+        warnings.simplefilter("ignore", UserWarning)
+        zarr.consolidate_metadata(str(store))

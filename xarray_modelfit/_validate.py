@@ -1,0 +1,120 @@
+"""Argument checks and normalisation: everything that can fail before any fitting.
+
+Each check raises a :class:`~xarray_modelfit.errors.ModelFitError` naming the
+argument, the bad value and what was expected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import numpy as np
+import xarray as xr
+
+from xarray_modelfit.errors import ModelFitError, ModelFitTypeError
+
+
+def normalise_dims(dims) -> tuple[Hashable, ...]:
+    if isinstance(dims, str) or not isinstance(dims, Sequence):
+        return (dims,)
+    return tuple(dims)
+
+
+def validate_model_fitter(model, fitter):
+    from astropy.modeling import Model, fitting
+
+    if not isinstance(model, Model):
+        raise ModelFitTypeError(
+            f"model must be an astropy.modeling Model instance, got {type(model).__name__}"
+        )
+    if model.n_outputs != 1:
+        raise ModelFitError(
+            f"model must have one output, {model.name or type(model).__name__} has {model.n_outputs}"
+        )
+    if fitter is None:
+        fitter = fitting.TRFLSQFitter()
+    if isinstance(fitter, type):
+        raise ModelFitTypeError(
+            f"fitter must be a fitter instance, got the class {fitter.__name__}; call it: {fitter.__name__}()"
+        )
+    if not isinstance(fitter, fitting.Fitter) and not callable(fitter):
+        raise ModelFitTypeError(
+            f"fitter must be an astropy fitter instance (e.g. TRFLSQFitter()) or a callable "
+            f"fitter object, got {type(fitter).__name__}"
+        )
+    return fitter
+
+
+def select_engine(engine: str, model, fitter) -> str:
+    if engine not in ("auto", "loop", "batched"):
+        raise ModelFitError(f"engine must be 'auto', 'loop' or 'batched', got {engine!r}")
+    if engine == "loop":
+        return "loop"
+    from xarray_modelfit.kernel.batched import batched_support
+
+    reason = batched_support(model, fitter)
+    if reason is None:
+        return "batched"
+    if engine == "batched":
+        raise ModelFitError(f"engine='batched' cannot fit this: {reason}. Use engine='loop'")
+    return "loop"
+
+
+def aux_array(value, obj: xr.DataArray, fit_dims, what: str, dtype) -> xr.DataArray:
+    """weights/mask as a DataArray with every fitting dim (a 0-d placeholder if None)."""
+    if value is None:
+        return xr.DataArray(np.zeros((), dtype=dtype))
+    if isinstance(value, xr.DataArray):
+        bad = [d for d in value.dims if d not in obj.dims]
+        if bad:
+            raise ModelFitError(
+                f"{what} has dims {list(value.dims)}, but {bad} are not dims of the data {list(obj.dims)}"
+            )
+        for d in value.dims:
+            if value.sizes[d] != obj.sizes[d]:
+                raise ModelFitError(
+                    f"{what} has length {value.sizes[d]} along {d!r}; the data has {obj.sizes[d]}"
+                )
+        da = value.drop_vars(list(value.coords))
+    else:
+        arr = (
+            np.asarray(value)
+            if not hasattr(value, "dask") and not hasattr(value, "chunks")
+            else value
+        )
+        try:
+            np.broadcast_shapes(arr.shape, obj.shape)
+        except ValueError:
+            raise ModelFitError(
+                f"{what} has shape {arr.shape}, which does not broadcast to the data shape {obj.shape} (dims {list(obj.dims)})"
+            ) from None
+        da = xr.DataArray(arr, dims=obj.dims[obj.ndim - arr.ndim :])
+        da = da.squeeze([d for d in da.dims if da.sizes[d] == 1 and obj.sizes[d] != 1], drop=True)
+    if not (np.issubdtype(da.dtype, np.number) or da.dtype == bool):
+        raise ModelFitTypeError(f"{what} must be numeric or boolean, got dtype {da.dtype}")
+    missing = [d for d in fit_dims if d not in da.dims]
+    if missing:
+        da = da.expand_dims({d: obj.sizes[d] for d in missing})
+    return da.astype(dtype)
+
+
+SCHEDULERS = (
+    "synchronous",
+    "sync",
+    "single-threaded",
+    "threads",
+    "threading",
+    "processes",
+    "multiprocessing",
+    "default",
+)
+
+
+def check_scheduler(scheduler) -> None:
+    if scheduler is None or callable(scheduler) or type(scheduler).__name__ == "Client":
+        return
+    if scheduler not in SCHEDULERS:
+        raise ModelFitError(
+            f"scheduler must be one of {list(SCHEDULERS)}, a dask.distributed Client or None, "
+            f"got {scheduler!r}"
+        )
