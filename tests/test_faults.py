@@ -45,3 +45,45 @@ def test_killed_worker_is_rescheduled():
     finally:
         cluster.close()
     xr.testing.assert_identical(result.drop_attrs(), expected.drop_attrs())
+
+
+def test_cluster_death_keeps_written_regions(tmp_path):
+    """The whole cluster goes away mid-run: a clear error, finished regions intact, resumable."""
+    import threading
+
+    from xarray_modelfit import ModelFitError, modelfit_to_zarr
+    from xarray_modelfit.store import _done
+
+    cube, _ = gaussian_cube(ny=12, nx=40, nchan=41, seed=5)
+    cube = cube.chunk({"y": 2})
+    model = models.Gaussian1D(2.0, 0.0, 1.2)
+    store = tmp_path / "fit.zarr"
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    )
+    client = distributed.Client(cluster)
+
+    def kill_after_first_region():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not _done(store):
+            time.sleep(0.02)
+        cluster.close()
+
+    killer = threading.Thread(target=kill_after_first_region)
+    killer.start()
+    try:
+        with pytest.raises(ModelFitError, match=r"regions are written to .* to resume"):
+            modelfit_to_zarr(cube, model, "velocity", store, engine="loop", scheduler=client)
+    finally:
+        killer.join()
+        client.close()
+    written = _done(store)
+    assert 1 <= len(written) < 6
+    expected = modelfit(cube, model, "velocity", engine="loop", scheduler="threads")
+    partial = xr.open_zarr(store)
+    for start, stop in written:
+        xr.testing.assert_identical(
+            partial["amplitude"][start:stop].load(), expected["amplitude"][start:stop]
+        )
+    resumed = modelfit_to_zarr(cube, model, "velocity", store, engine="loop", scheduler="threads")
+    xr.testing.assert_identical(resumed["amplitude"].load(), expected["amplitude"])

@@ -111,7 +111,9 @@ def _done(store: Path) -> list[list[int]]:
     if not store.exists():
         return []
     try:
-        attrs = xr.open_zarr(store).attrs
+        with warnings.catch_warnings():  # a store being created may not be consolidated yet
+            warnings.simplefilter("ignore")
+            attrs = xr.open_zarr(store).attrs
     except Exception:
         return []
     return json.loads(attrs.get(DONE_ATTR, "[]"))
