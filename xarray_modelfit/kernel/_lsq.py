@@ -379,7 +379,12 @@ def _accept(ev, s, acc, qn, rn, Fn, messages) -> None:
     """Take the accepted trial points and recompute J there (also for fits that
     just converged: their covariance needs it)."""
     s.q[acc], s.F[acc] = qn[acc], Fn[acc]
-    np.copyto(s.r, rn, where=acc[:, None])
+    rej = np.flatnonzero(~acc)
+    if rej.size < 0.5 * acc.size:  # rn is a fresh array: keep it, with the rejected rows back
+        rn[rej] = s.r[rej]
+        s.r = rn
+    else:
+        s.r[acc] = rn[acc]
     _jacobian(ev, s, np.flatnonzero(acc & (s.code <= Status.MAX_ITERATIONS)), messages)
 
 
