@@ -60,21 +60,28 @@ def select_engine(engine: str, model, fitter) -> str:
     return "loop"
 
 
+def check_dims_of_data(da: xr.DataArray, obj: xr.DataArray, what: str) -> None:
+    """``da``'s dims must be dims of the data, with the data's lengths."""
+    extra = [d for d in da.dims if d not in obj.dims]
+    if extra:
+        raise ModelFitError(
+            f"{what} has dims {list(da.dims)}, but {extra} are not dims of the data "
+            f"{list(obj.dims)}"
+        )
+    for d in da.dims:
+        if da.sizes[d] != obj.sizes[d]:
+            raise ModelFitError(
+                f"{what} has length {da.sizes[d]} along {d!r}, but the data has length "
+                f"{obj.sizes[d]}"
+            )
+
+
 def aux_array(value, obj: xr.DataArray, fit_dims, what: str, dtype) -> xr.DataArray:
     """weights/mask as a DataArray with every fitting dim (a 0-d placeholder if None)."""
     if value is None:
         return xr.DataArray(np.zeros((), dtype=dtype))
     if isinstance(value, xr.DataArray):
-        bad = [d for d in value.dims if d not in obj.dims]
-        if bad:
-            raise ModelFitError(
-                f"{what} has dims {list(value.dims)}, but {bad} are not dims of the data {list(obj.dims)}"
-            )
-        for d in value.dims:
-            if value.sizes[d] != obj.sizes[d]:
-                raise ModelFitError(
-                    f"{what} has length {value.sizes[d]} along {d!r}; the data has {obj.sizes[d]}"
-                )
+        check_dims_of_data(value, obj, what)
         da = value.drop_vars(list(value.coords))
     else:
         arr = (

@@ -211,22 +211,13 @@ def _one_input(obj: xr.DataArray, dim: Hashable, spec: Any) -> World:
 
 
 def _check_dims(obj: xr.DataArray, dim: Hashable, da: xr.DataArray, source: str) -> None:
-    extra = [d for d in da.dims if d not in obj.dims]
-    if extra:
-        raise ModelFitError(
-            f"{source} has dims {list(da.dims)}, but {extra} are not dims of the data "
-            f"{list(obj.dims)}"
-        )
+    from xarray_modelfit._validate import check_dims_of_data
+
+    check_dims_of_data(da, obj, source)
     if dim not in da.dims:
         raise ModelFitError(
             f"{source} does not vary along the fitting dim {dim!r} (dims {list(da.dims)})"
         )
-    for d in da.dims:
-        if da.sizes[d] != obj.sizes[d]:
-            raise ModelFitError(
-                f"{source} has length {da.sizes[d]} along {d!r}, but the data has length "
-                f"{obj.sizes[d]}"
-            )
 
 
 _SINCE = re.compile(r"^\s*([A-Za-z_][A-Za-z_ ]*?)\s+since\s+(\S.*)$")
