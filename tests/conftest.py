@@ -13,20 +13,21 @@ def data_dir():
     return path
 
 
-@pytest.fixture(scope="session")
-def l1448_path(data_dir):
-    path = data_dir / "l1448_13co.fits"
+def _data_file(data_dir, name):
+    path = data_dir / name
     if not path.exists():
         pytest.skip(f"{path} is absent")
     return path
+
+
+@pytest.fixture(scope="session")
+def l1448_path(data_dir):
+    return _data_file(data_dir, "l1448_13co.fits")
 
 
 @pytest.fixture(scope="session")
 def histalp_path(data_dir):
-    path = data_dir / "HISTALP_oetztal.nc"
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    return path
+    return _data_file(data_dir, "HISTALP_oetztal.nc")
 
 
 @pytest.fixture

@@ -27,6 +27,9 @@ import xarray as xr
 from xarray_modelfit.errors import ModelFitError, ModelFitTypeError
 from xarray_modelfit.units import parse_unit
 
+#: dim that stacks the world inputs of a model with several inputs
+INPUT_DIM = "_input"
+
 
 @dataclass(frozen=True)
 class TimeAxis:

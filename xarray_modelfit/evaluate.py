@@ -8,13 +8,12 @@ import astropy.units as u
 import numpy as np
 import xarray as xr
 
-from xarray_modelfit.coords import TimeAxis, world_inputs
+from xarray_modelfit.coords import INPUT_DIM, TimeAxis, world_inputs
 from xarray_modelfit.errors import ModelFitError
 from xarray_modelfit.kernel.chunk import evaluate_chunk
+from xarray_modelfit.params import PARAM_DIM
 from xarray_modelfit.serialize import model_from_json
 from xarray_modelfit.units import parse_unit
-
-INPUT_DIM = "_input"
 
 
 def _info(result: xr.Dataset, prefix: str):
@@ -93,19 +92,19 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
         values = [w.values for w in worlds]
     template = xr.DataArray(np.zeros([da.sizes[d] for d in fit_dims]), dims=fit_dims)
     world = xr.concat([xr.broadcast(v, template)[0] for v in values], dim=INPUT_DIM)
-    params = xr.concat([_plain(result[f"{prefix}{n}"]) for n in names], dim="param")
+    params = xr.concat([_plain(result[f"{prefix}{n}"]) for n in names], dim=PARAM_DIM)
     shared = {d: da.indexes[d] for d in params.dims if d in da.indexes and d in params.indexes}
     if shared:
         params = params.sel(shared)  # da may cover a subset of the fitted positions
     if da.chunks is not None:
         params = params.chunk({d: da.chunksizes[d] for d in params.dims if d in da.chunksizes})
     if params.chunks is not None:
-        params = params.chunk({"param": -1})
+        params = params.chunk({PARAM_DIM: -1})
     out = xr.apply_ufunc(
         evaluate_chunk,
         world,
         params,
-        input_core_dims=[[INPUT_DIM, *fit_dims], ["param"]],
+        input_core_dims=[[INPUT_DIM, *fit_dims], [PARAM_DIM]],
         output_core_dims=[fit_dims],
         dask="parallelized",
         output_dtypes=[np.float64],

@@ -26,7 +26,7 @@ from xarray_modelfit._validate import (
     select_engine,
     validate_model_fitter,
 )
-from xarray_modelfit.coords import world_inputs
+from xarray_modelfit.coords import INPUT_DIM, world_inputs
 from xarray_modelfit.errors import ModelFitError, ModelFitTypeError
 from xarray_modelfit.kernel import diagnostics as _diag
 from xarray_modelfit.kernel.block import EngineSetup
@@ -35,7 +35,6 @@ from xarray_modelfit.params import PARAM_DIM, bounds_arrays, initial_values
 from xarray_modelfit.preflight import preflight as run_preflight
 from xarray_modelfit.units import convert_values, parse_unit, strip_model_units
 
-INPUT_DIM = "_input"
 OUT_DIM = "_out"
 AXIS_DIM = "_axis"
 

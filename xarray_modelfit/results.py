@@ -20,10 +20,10 @@ import xarray as xr
 
 from xarray_modelfit.kernel.chunk import OutputLayout
 from xarray_modelfit.kernel.status import Status, flag_attrs
+from xarray_modelfit.params import PARAM_DIM
 from xarray_modelfit.serialize import model_to_json
 from xarray_modelfit.units import unit_string
 
-PARAM_DIM = "param"
 PARAM_J_DIM = "param_j"
 DIAGNOSTIC_VARS = (
     "fit_status",
