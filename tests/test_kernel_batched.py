@@ -13,9 +13,10 @@ import pytest
 from astropy.modeling import Fittable1DModel, Parameter, custom_model, fitting, models
 from scipy.optimize import curve_fit
 
-from xarray_modelfit.kernel.batched import _Problem, batched_support, fit_batched
+from xarray_modelfit.kernel.batched import batched_support, fit_batched
 from xarray_modelfit.kernel.block import EngineSetup, FitBlock
 from xarray_modelfit.kernel.loop import fit_loop
+from xarray_modelfit.kernel.problem import Problem
 from xarray_modelfit.kernel.status import Status
 
 RNG = np.random.default_rng(20240611)
@@ -163,7 +164,7 @@ def test_compound_two_gaussians_plus_const():
     blk = make_block(model, (x,), y)
     fitter = fitting.TRFLSQFitter()
     res = run(model, fitter, blk)
-    assert _Problem(model, {}).analytic  # the leaf-wise compound derivative is used
+    assert Problem(model, {}).analytic  # the leaf-wise compound derivative is used
     rows = np.arange(n)
     assert_matches(res, references(model, fitter, blk, rows), rows)
 
@@ -226,7 +227,7 @@ def decay(x, amplitude=1.0, tau=1.0, offset=0.0):
 
 def test_model_without_fit_deriv_and_estimate_jacobian():
     model = decay(2.0, 1.5, 0.0)
-    assert model.fit_deriv is None and not _Problem(model, {}).analytic
+    assert model.fit_deriv is None and not Problem(model, {}).analytic
     x = np.linspace(0, 6, 50)
     n = 50
     t = np.column_stack([RNG.uniform(1, 3, n), RNG.uniform(0.8, 2, n), RNG.uniform(-0.2, 0.2, n)])
@@ -242,7 +243,7 @@ def test_model_without_fit_deriv_and_estimate_jacobian():
     bg = make_block(g, (xg,), yg)
     a = run(g, fitter, bg)
     b = run(g, fitter, bg, estimate_jacobian=True)
-    assert not _Problem(g, {"estimate_jacobian": True}).analytic
+    assert not Problem(g, {"estimate_jacobian": True}).analytic
     np.testing.assert_allclose(b.params, a.params, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(b.stderr, a.stderr, rtol=1e-4)
 
@@ -323,7 +324,7 @@ def test_tied_parameter(tie):
     )
     y = np.array([model.evaluate(x, *t) for t in truth]) + RNG.normal(0, 0.05, (n, x.size))
     blk = make_block(model, (x,), y)
-    prob = _Problem(model, {})
+    prob = Problem(model, {})
     assert prob.tie_proxy == (tie is not _tied_sigma_parameters)
     fitter = fitting.TRFLSQFitter()
     res = run(model, fitter, blk)

@@ -54,7 +54,7 @@ def linear_support(model: Any) -> str | None:
     -------
     str or None
     """
-    from xarray_modelfit.kernel.batched import _model_support, _probe_params, _probe_x
+    from xarray_modelfit.kernel.problem import model_support, probe_params, probe_x
 
     if not model.linear:
         return f"LinearLSQFitter needs a linear model; {type(model).__name__} is not linear"
@@ -69,12 +69,12 @@ def linear_support(model: Any) -> str | None:
                     f"{type(leaf).__name__}.{attr} is None: LinearLSQFitter sets it from "
                     "each fit's data, which the batched engine does not replicate"
                 )
-    reason = _model_support(model)
+    reason = model_support(model)
     if reason:
         return reason
     # the model must really be f(x; 0) + Phi p
-    p = _probe_params(model)[0]
-    x = _probe_x(model)
+    p = probe_params(model)[0]
+    x = probe_x(model)
     try:
         phi, f0 = _design(model, x, np.zeros(len(p)))
         direct = np.broadcast_to(model.evaluate(*x, *p), x[0].shape)[0]
