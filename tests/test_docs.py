@@ -57,6 +57,20 @@ def test_every_page_is_in_the_toctree():
             assert f"\n{page[:-3]}\n" in index, f"{page} is not in the toctree"
 
 
+def test_module_map_names_every_module():
+    """docs/internals.md lists every module of the package, and no module that is gone."""
+    package = Path(xarray_modelfit.__file__).parent
+    modules = {
+        p.relative_to(package).as_posix() for p in package.rglob("*.py") if p.name != "__init__.py"
+    }
+    text = (DOCS / "internals.md").read_text()
+    listed = set(re.findall(r"`((?:kernel/)?[a-z_]+\.py)`", text))
+    assert modules - listed == set(), f"modules missing from docs/internals.md: {modules - listed}"
+    assert listed - modules == set(), (
+        f"docs/internals.md names modules that do not exist: {listed - modules}"
+    )
+
+
 @pytest.mark.parametrize("page", [p for p in PAGES if RUNNABLE.search((DOCS / p).read_text())])
 def test_examples_run(page, tmp_path, monkeypatch):
     matplotlib = pytest.importorskip("matplotlib")
