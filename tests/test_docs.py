@@ -237,6 +237,12 @@ ERRORS = {
         ModelFitError,
         "does not broadcast to the data shape",
     ),
+    "whose labels are not the data's": (
+        lambda: _fit(mask=xr.DataArray(np.zeros(20, bool), dims="velocity",
+                                       coords={"velocity": np.arange(20) + 0.5})),
+        ModelFitError,
+        "that are not the data's",
+    ),  # fmt: skip
     "a unit string astropy cannot parse": (
         lambda: _fit(data_unit="furlongs-ish"),
         ModelFitError,

@@ -76,33 +76,79 @@ def check_dims_of_data(da: xr.DataArray, obj: xr.DataArray, what: str) -> None:
             )
 
 
+def align_labels(value, obj: xr.DataArray, what: str):
+    """A DataArray argument in the data's label order along every dim both index.
+
+    xarray lines arrays up by label, so a mask, weights or ``p0`` map whose
+    labels are the data's in another order is reordered; other labels raise.
+    Anything that is not a DataArray is returned as it is.
+    """
+    if not isinstance(value, xr.DataArray):
+        return value
+    for d in value.dims:
+        if d not in value.indexes or d not in obj.indexes:
+            continue
+        mine, theirs = value.indexes[d], obj.indexes[d]
+        if len(mine) != len(theirs) or mine.equals(theirs):
+            continue  # a length mismatch is reported by the shape checks
+        order = mine.get_indexer(theirs) if mine.is_unique else None
+        if order is None or (order < 0).any():
+            raise ModelFitError(
+                f"{what} has labels along {d!r} that are not the data's "
+                f"({_few(mine)} against {_few(theirs)}); give it the data's labels, "
+                f"or no coordinate along {d!r} to match by position"
+            )
+        value = value.isel({d: order})
+    return value
+
+
+def _few(index) -> str:
+    labels = [str(v) for v in index[:3]]
+    return "[" + ", ".join(labels) + (", ...]" if len(index) > 3 else "]")
+
+
 def aux_array(value, obj: xr.DataArray, fit_dims, what: str, dtype) -> xr.DataArray:
-    """weights/mask as a DataArray with every fitting dim (a 0-d placeholder if None)."""
+    """weights/mask as a DataArray with every fitting dim (a 0-d placeholder if None).
+
+    A DataArray is matched to the data by dim name and label. A plain array is
+    matched by shape: the data's shape, the fitting dims' shape, or (numpy
+    broadcasting) trailing dims of the data.
+    """
     if value is None:
         return xr.DataArray(np.zeros((), dtype=dtype))
     if isinstance(value, xr.DataArray):
         check_dims_of_data(value, obj, what)
-        da = value.drop_vars(list(value.coords))
+        da = align_labels(value, obj, what)
+        da = da.drop_vars(list(da.coords))
     else:
-        arr = (
-            np.asarray(value)
-            if not hasattr(value, "dask") and not hasattr(value, "chunks")
-            else value
-        )
-        try:
-            np.broadcast_shapes(arr.shape, obj.shape)
-        except ValueError:
-            raise ModelFitError(
-                f"{what} has shape {arr.shape}, which does not broadcast to the data shape {obj.shape} (dims {list(obj.dims)})"
-            ) from None
-        da = xr.DataArray(arr, dims=obj.dims[obj.ndim - arr.ndim :])
-        da = da.squeeze([d for d in da.dims if da.sizes[d] == 1 and obj.sizes[d] != 1], drop=True)
+        da = _plain_aux(value, obj, fit_dims, what)
     if not (np.issubdtype(da.dtype, np.number) or da.dtype == bool):
         raise ModelFitTypeError(f"{what} must be numeric or boolean, got dtype {da.dtype}")
     missing = [d for d in fit_dims if d not in da.dims]
     if missing:
         da = da.expand_dims({d: obj.sizes[d] for d in missing})
+    if da.chunks is not None:  # the fitting dims are core dims: one chunk each
+        da = da.chunk({d: -1 for d in fit_dims})
     return da.astype(dtype)
+
+
+def _plain_aux(value, obj: xr.DataArray, fit_dims, what: str) -> xr.DataArray:
+    arr = np.asarray(value) if not hasattr(value, "chunks") else value
+    fit_shape = tuple(obj.sizes[d] for d in fit_dims)
+    if arr.shape == obj.shape:
+        return xr.DataArray(arr, dims=obj.dims)
+    if arr.shape == fit_shape:  # "over the fitting dims only", whatever their place in the data
+        return xr.DataArray(arr, dims=tuple(fit_dims))
+    try:
+        np.broadcast_shapes(arr.shape, obj.shape)
+    except ValueError:
+        raise ModelFitError(
+            f"{what} has shape {arr.shape}, which does not broadcast to the data shape "
+            f"{obj.shape} (dims {list(obj.dims)}) and is not the fitting dims' shape "
+            f"{fit_shape} (dims {list(fit_dims)}); give a DataArray with named dims"
+        ) from None
+    da = xr.DataArray(arr, dims=obj.dims[obj.ndim - arr.ndim :])
+    return da.squeeze([d for d in da.dims if da.sizes[d] == 1 and obj.sizes[d] != 1], drop=True)
 
 
 SCHEDULERS = (

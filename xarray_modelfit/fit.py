@@ -20,6 +20,7 @@ import xarray as xr
 
 from xarray_modelfit import results
 from xarray_modelfit._validate import (
+    align_labels,
     aux_array,
     check_scheduler,
     normalise_dims,
@@ -274,6 +275,20 @@ def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
     return out
 
 
+def _aligned_maps(p0, bounds, obj: xr.DataArray):
+    """``p0`` and ``bounds`` with their DataArrays in the data's label order."""
+    if isinstance(p0, Mapping):
+        p0 = {k: align_labels(v, obj, f"p0[{k!r}]") for k, v in p0.items()}
+    if isinstance(bounds, Mapping):
+        bounds = {
+            k: tuple(align_labels(b, obj, f"bounds[{k!r}]") for b in v)
+            if isinstance(v, tuple | list)
+            else v
+            for k, v in bounds.items()
+        }
+    return p0, bounds
+
+
 def _chunked(obj: xr.DataArray, fit_dims, iter_dims, n_max: int) -> xr.DataArray:
     """Fitting dims in one chunk, at most ``n_max`` fits per chunk; keep good native chunks."""
     import dask
@@ -383,10 +398,14 @@ def _fit_dataarray(
         raise ModelFitError(
             f"p0 must be a mapping of parameter name to value or 'auto', got {p0!r}"
         )
+    p0, bounds = _aligned_maps(p0, bounds, obj)
     p0_da = initial_values(
         unitless, None if auto_p0 else p0, units_ctx.param_units, iter_dims, iter_shape
     )
     lower, upper = bounds_arrays(unitless, bounds, units_ctx.param_units, iter_dims, iter_shape)
+    p0_da, lower, upper = (
+        a.chunk({PARAM_DIM: -1}) if a.chunks else a for a in (p0_da, lower, upper)
+    )
     unitless = _scalar_parameters(unitless)
     engine_name = select_engine(engine, unitless, fitter)
     weights_da = aux_array(weights, obj, fit_dims, "weights", np.float64)
