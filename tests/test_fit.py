@@ -439,3 +439,27 @@ def test_array_parameters_use_the_batched_engine(cube):
         data, models.Gaussian1D(2.5, truth["mean"], 1.2), "velocity", scheduler="synchronous"
     )
     assert res.attrs["engine"] == "batched"
+
+
+@pytest.mark.parametrize("engine", ["batched", "loop"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: models.Legendre1D(2), lambda: models.Chebyshev1D(3), lambda: models.Hermite1D(2)],
+)
+def test_linear_fit_of_polynomial_without_domain_keeps_the_axis_range(engine, make):
+    """astropy's LinearLSQFitter sets a missing domain to the data's range; the result keeps it."""
+    x = np.linspace(1000.0, 2000.0, 80)
+    rng = np.random.default_rng(2)
+    y = 3 + 0.002 * (x - 1500) + 1e-6 * (x - 1500) ** 2 + rng.normal(0, 0.01, (3, x.size))
+    y[1, -5:] = np.nan  # fewer valid points: the same polynomial, on the axis's domain
+    data = xr.DataArray(y, dims=("pix", "x"), coords={"x": x})
+    res = modelfit(data, make(), "x", fitter=fitting.LinearLSQFitter(), engine=engine,
+                   scheduler="synchronous")  # fmt: skip
+    fitted = res.modelfit.to_model()
+    assert tuple(fitted.domain) == (1000.0, 2000.0)
+    curve = res.modelfit.evaluate(data)
+    for i in range(3):
+        ok = np.isfinite(y[i])
+        ref = fitting.LinearLSQFitter()(make(), x[ok], y[i, ok])
+        np.testing.assert_allclose(curve.values[i], ref(x), rtol=1e-9)
+    assert (res.fit_status == Status.CONVERGED).all()

@@ -406,7 +406,7 @@ def _fit_dataarray(
     p0_da, lower, upper = (
         a.chunk({PARAM_DIM: -1}) if a.chunks else a for a in (p0_da, lower, upper)
     )
-    unitless = _scalar_parameters(unitless)
+    unitless = _linear_domains(_scalar_parameters(unitless), fitter, world)
     engine_name = select_engine(engine, unitless, fitter)
     weights_da = aux_array(weights, obj, fit_dims, "weights", np.float64)
     mask_da = aux_array(mask, obj, fit_dims, "mask", bool)
@@ -515,6 +515,29 @@ def _scalar_parameters(model):
         return model
     model = model.copy()
     model._reset_parameters(**{n: float(v[0]) if v.size else np.nan for n, v in values.items()})
+    return model
+
+
+def _linear_domains(model, fitter, world: xr.DataArray):
+    """A polynomial without a domain, fitted by ``LinearLSQFitter``, gets the axis's range.
+
+    astropy's ``LinearLSQFitter`` sets such a model's ``domain`` (``x_domain``,
+    ``y_domain``) to the range of the data it is given and the fitted
+    coefficients only mean something with it. Here it is the range of the
+    whole fitting axis, so that every fit shares one model, which the result
+    keeps; a fit with fewer valid points gives the same polynomial.
+    """
+    from astropy.modeling.fitting import LinearLSQFitter
+
+    names = {"domain": 0, "x_domain": 0, "y_domain": 1}
+    todo = [n for n in names if hasattr(model, n) and getattr(model, n) is None]
+    if not isinstance(fitter, LinearLSQFitter) or not todo:
+        return model
+    model = model.copy()
+    for name in todo:
+        x = np.asarray(world.isel({INPUT_DIM: names[name]}).values, dtype=float)
+        if np.isfinite(x).any():
+            setattr(model, name, (float(np.nanmin(x)), float(np.nanmax(x))))
     return model
 
 
