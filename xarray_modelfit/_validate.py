@@ -163,6 +163,53 @@ SCHEDULERS = (
 )
 
 
+DEFAULT_SCHEDULER = {"loop": "processes", "batched": "threads"}
+
+
+def default_scheduler(engine: str) -> str:
+    """The scheduler used when none is given: the engine's, if it is safe here.
+
+    The loop engine holds the GIL, so it runs on a process pool by default. dask
+    starts those processes with "spawn", which imports the main script again
+    in each of them; a script without an ``if __name__ == "__main__":`` guard
+    would then run its whole body in every worker. There, threads are used.
+    """
+    name = DEFAULT_SCHEDULER[engine]
+    if name == "processes" and not main_is_guarded():
+        return "threads"
+    return name
+
+
+def main_is_guarded() -> bool:
+    """Whether spawned processes can import ``__main__`` without running it.
+
+    True in interactive sessions, notebooks and ``python -c`` (no main file), and
+    for a main file with a top-level ``if __name__ == "__main__":`` block.
+    """
+    import ast
+    import sys
+
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if path is None:
+        return True
+    try:
+        tree = ast.parse(open(path, "rb").read())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    return any(isinstance(node, ast.If) and _is_main_test(node.test) for node in tree.body)
+
+
+def _is_main_test(test) -> bool:
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s for s in sides if isinstance(s, ast.Name) and s.id == "__name__"]
+    consts = [s for s in sides if isinstance(s, ast.Constant) and s.value == "__main__"]
+    return isinstance(test.ops[0], ast.Eq) and len(names) == 1 and len(consts) == 1
+
+
 def check_scheduler(scheduler) -> None:
     if scheduler is None or callable(scheduler) or type(scheduler).__name__ == "Client":
         return

@@ -23,6 +23,7 @@ from xarray_modelfit._validate import (
     align_labels,
     aux_array,
     check_scheduler,
+    default_scheduler,
     normalise_dims,
     select_engine,
     validate_model_fitter,
@@ -42,7 +43,6 @@ AXIS_DIM = "_axis"
 #: fits per chunk when ``chunk_n_max`` is not given (astropy's default for the loop engine)
 DEFAULT_CHUNK_N_MAX = {"loop": 500, "batched": 20_000}
 #: scheduler when ``scheduler`` is not given
-DEFAULT_SCHEDULER = {"loop": "processes", "batched": "threads"}
 
 Engine = Literal["auto", "loop", "batched"]
 
@@ -204,7 +204,7 @@ def _fit_with_refit(obj: xr.DataArray, model, dims, refit: str, kwargs: dict) ->
     if not iter_dims:
         raise ModelFitError("refit='neighbours' needs iterated dims: there are no neighbours")
     eager = kwargs["compute"]
-    scheduler = kwargs["scheduler"] or DEFAULT_SCHEDULER[first.attrs["engine"]]
+    scheduler = kwargs["scheduler"] or default_scheduler(first.attrs["engine"])
     if eager:
         first = _compute(first, scheduler, first.attrs["engine"], kwargs["progress"])
     user_mask = kwargs["mask"]
@@ -545,7 +545,7 @@ def _compute(ds: xr.Dataset, scheduler, engine: str, progress: bool = False) -> 
     from xarray_modelfit.progress import compute_with_progress
 
     if scheduler is None:
-        scheduler = DEFAULT_SCHEDULER[engine]
+        scheduler = default_scheduler(engine)
     statuses = [v for v in ds.data_vars if str(v).endswith("fit_status")]
     total = sum(ds[v].size for v in statuses)
     return compute_with_progress(ds, scheduler, total, progress)

@@ -77,9 +77,9 @@ def modelfit_to_zarr(
             lazy.to_zarr(store, mode="w", compute=False)
         _mark(store, [])
     if scheduler is None:
-        from xarray_modelfit.fit import DEFAULT_SCHEDULER
+        from xarray_modelfit._validate import default_scheduler
 
-        scheduler = DEFAULT_SCHEDULER[lazy.attrs["engine"]]
+        scheduler = default_scheduler(lazy.attrs["engine"])
     todo = [r for r in regions if [r.start, r.stop] not in done]
     for k, region in enumerate(todo):
         part = lazy.isel({dim: region})
