@@ -105,6 +105,26 @@ def data():
             ModelFitError,
             "parameter units do not match the data units",
         ),
+        (
+            {"fitter_kwargs": {"maxiterations": 5}},
+            ModelFitError,
+            r"has \['maxiterations'\], which TRFLSQFitter does not take; it takes \['maxiter'",
+        ),
+        ({"fitter_kwargs": {"weights": 2.0}}, ModelFitError, "which modelfit passes itself"),
+        (
+            {
+                "model": models.Gaussian1D(
+                    1, 0, 1, fixed={"amplitude": True, "mean": True, "stddev": True}
+                )
+            },
+            ModelFitError,
+            "every parameter of Gaussian1D is fixed or tied",
+        ),
+        (
+            {"model": models.Gaussian1D([1, 2], [0, 0], [1, 1], n_models=2)},
+            ModelFitError,
+            "is a set of 2 models",
+        ),
     ],
 )
 def test_clear_errors(data, kwargs, error, match):
@@ -147,3 +167,12 @@ def test_all_nat_time_axis():
 def test_model_with_two_outputs(data):
     with pytest.raises(ModelFitError, match="must have one output"):
         modelfit(data, models.Mapping((0, 0)), "velocity")
+
+
+def test_fitter_kwargs_of_a_fitter_with_open_keywords_pass_through(data):
+    """SLSQP takes **kwargs: they reach the fitter (an iteration limit of 1 shows)."""
+    fitter = fitting.SLSQPLSQFitter()
+    short = modelfit(data, G, "velocity", fitter=fitter, fitter_kwargs={"maxiter": 1},
+                     scheduler="synchronous")  # fmt: skip
+    full = modelfit(data, G, "velocity", fitter=fitter, scheduler="synchronous")
+    assert not np.allclose(short.amplitude, full.amplitude, rtol=1e-3)

@@ -237,9 +237,31 @@ ERRORS = {
         ModelFitError,
         "does not broadcast to the data shape",
     ),
+    "a model set": (
+        lambda: _fit(model=models.Gaussian1D([1, 2], [0, 0], [1, 1], n_models=2)),
+        ModelFitError,
+        "is a set of 2 models",
+    ),
+    "every parameter is fixed or tied": (
+        lambda: _fit(
+            model=models.Gaussian1D(
+                1, 0, 1, fixed=dict.fromkeys(("amplitude", "mean", "stddev"), True)
+            )
+        ),
+        ModelFitError,
+        "there is nothing to fit",
+    ),
+    "a misspelt `fitter_kwargs` key": (
+        lambda: _fit(fitter_kwargs={"maxiterations": 5}),
+        ModelFitError,
+        "which TRFLSQFitter does not take",
+    ),
     "whose labels are not the data's": (
-        lambda: _fit(mask=xr.DataArray(np.zeros(20, bool), dims="velocity",
-                                       coords={"velocity": np.arange(20) + 0.5})),
+        lambda: _fit(
+            mask=xr.DataArray(
+                np.zeros(20, bool), dims="velocity", coords={"velocity": np.arange(20) + 0.5}
+            )
+        ),
         ModelFitError,
         "that are not the data's",
     ),  # fmt: skip

@@ -31,6 +31,17 @@ def validate_model_fitter(model, fitter):
         raise ModelFitError(
             f"model must have one output, {model.name or type(model).__name__} has {model.n_outputs}"
         )
+    name = model.name or type(model).__name__
+    if len(model) != 1:
+        raise ModelFitError(
+            f"model {name} is a set of {len(model)} models; modelfit fits one model per "
+            f"position: give a single model (per-position starts go in p0)"
+        )
+    if all(model.fixed[n] or model.tied[n] for n in model.param_names):
+        raise ModelFitError(
+            f"every parameter of {name} is fixed or tied: there is nothing to fit "
+            f"(use .modelfit.evaluate on a result, or free a parameter)"
+        )
     if fitter is None:
         fitter = fitting.TRFLSQFitter()
     if isinstance(fitter, type):
@@ -43,6 +54,38 @@ def validate_model_fitter(model, fitter):
             f"fitter object, got {type(fitter).__name__}"
         )
     return fitter
+
+
+_SUPPLIED = ("model", "x", "y", "z", "weights", "inplace")
+
+
+def check_fitter_kwargs(fitter, fitter_kwargs) -> None:
+    """Keys of ``fitter_kwargs`` must be keywords of ``fitter.__call__``.
+
+    A misspelt key would otherwise be ignored by the batched engine (and raise
+    in every fit of the loop engine).
+    """
+    import inspect
+
+    supplied = [k for k in fitter_kwargs if k in _SUPPLIED]
+    if supplied:
+        raise ModelFitError(
+            f"fitter_kwargs sets {supplied}, which modelfit passes itself (the data, "
+            f"coordinates, weights and model)"
+        )
+    try:
+        params = inspect.signature(fitter.__call__).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in fitter_kwargs if k not in params]
+    if unknown:
+        known = [k for k in params if k not in _SUPPLIED]
+        raise ModelFitError(
+            f"fitter_kwargs has {unknown}, which {type(fitter).__name__} does not take; "
+            f"it takes {known}"
+        )
 
 
 def select_engine(engine: str, model, fitter) -> str:

@@ -22,6 +22,7 @@ from xarray_modelfit import results
 from xarray_modelfit._validate import (
     align_labels,
     aux_array,
+    check_fitter_kwargs,
     check_scheduler,
     default_scheduler,
     normalise_dims,
@@ -367,6 +368,7 @@ def _fit_dataarray(
         raise ModelFitTypeError(
             f"fitter_kwargs must be a mapping, got {type(fitter_kwargs).__name__}"
         )
+    check_fitter_kwargs(fitter, fitter_kwargs or {})
     if chunk_n_max is not None and (
         not isinstance(chunk_n_max, int | np.integer) or chunk_n_max < 1
     ):
