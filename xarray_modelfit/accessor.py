@@ -47,9 +47,9 @@ class DatasetModelFit(_Base):
         """``da`` minus the fitted model; see :func:`xarray_modelfit.residuals`."""
         return _evaluate.residuals(self._obj, da, prefix=prefix)
 
-    def summary(self, n_worst: int = 5) -> str:
+    def summary(self, n_worst: int = 5, prefix: str | None = None) -> str:
         """Text summary; see :func:`xarray_modelfit.summary`."""
-        return _report.summary(self._obj, n_worst=n_worst)
+        return _report.summary(self._obj, n_worst=n_worst, prefix=prefix)
 
     def plot_maps(self, params=None, **kwargs):
         """Parameter maps; see :func:`xarray_modelfit.plot.plot_maps`."""
@@ -57,6 +57,6 @@ class DatasetModelFit(_Base):
 
         return plot_maps(self._obj, params, **kwargs)
 
-    def failures(self):
+    def failures(self, prefix: str | None = None):
         """Failed and skipped fits; see :func:`xarray_modelfit.failures`."""
-        return _report.failures(self._obj)
+        return _report.failures(self._obj, prefix=prefix)

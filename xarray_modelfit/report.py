@@ -16,26 +16,50 @@ def _prefixes(result: xr.Dataset) -> list[str]:
     return [""]
 
 
-def summary(result: xr.Dataset, n_worst: int = 5) -> str:
-    """Counts per status, parameter ranges and the worst fits by reduced chi2."""
+def _check_prefix(result: xr.Dataset, prefix: str | None) -> list[str]:
+    prefixes = _prefixes(result)
+    if prefix is None:
+        return prefixes
+    if prefix not in prefixes:
+        from xarray_modelfit.errors import ModelFitError
+
+        raise ModelFitError(f"prefix={prefix!r} is not one of this result's: {prefixes}")
+    return [prefix]
+
+
+def _label(da: xr.DataArray, idx: tuple[int, ...]) -> str:
+    """``dim=label`` of one position (the index where a dim has no coordinate)."""
+    parts = []
+    for d, i in zip(da.dims, idx, strict=True):
+        label = da[d].values[i] if d in da.coords else i
+        parts.append(f"{d}={label.item() if hasattr(label, 'item') else label}")
+    return ", ".join(parts)
+
+
+def summary(result: xr.Dataset, n_worst: int = 5, prefix: str | None = None) -> str:
+    """Counts per status, parameter ranges and the worst fits by reduced chi2.
+
+    Positions are given by label, as ``plot_fit(**position)`` takes them;
+    ``prefix`` restricts the report to one variable of a Dataset's result.
+    """
     lines = [
         f"modelfit result: engine={result.attrs.get('engine')}, fitter={result.attrs.get('fitter')}"
     ]
     names = json.loads(result.attrs["param_names"])
-    for prefix in _prefixes(result):
-        status = np.asarray(result[f"{prefix}fit_status"].values)
-        lines.append(f"{prefix or 'fits'}: {status.size} fits")
+    for pre in _check_prefix(result, prefix):
+        status = np.asarray(result[f"{pre}fit_status"].values)
+        lines.append(f"{pre or 'fits'}: {status.size} fits")
         for s in Status:
             n = int(np.count_nonzero(status == s))
             if n:
                 lines.append(f"  {STATUS_TABLE[s][0]:<26} {n:>9}  ({100 * n / status.size:.2f}%)")
         for name in names:
-            v = np.asarray(result[f"{prefix}{name}"].values, dtype=float)
-            unit = result[f"{prefix}{name}"].attrs.get("units", "")
+            v = np.asarray(result[f"{pre}{name}"].values, dtype=float)
+            unit = result[f"{pre}{name}"].attrs.get("units", "")
             if np.isfinite(v).any():
                 lo, med, hi = np.nanpercentile(v, [1, 50, 99])
                 lines.append(f"  {name:<20} p1={lo:.6g} median={med:.6g} p99={hi:.6g} {unit}")
-        red = result[f"{prefix}fit_redchi2"]
+        red = result[f"{pre}fit_redchi2"]
         values = np.asarray(red.values, dtype=float)
         if np.isfinite(values).any() and n_worst > 0:
             order = np.argsort(np.where(np.isfinite(values), values, -np.inf), axis=None)[::-1][
@@ -44,26 +68,32 @@ def summary(result: xr.Dataset, n_worst: int = 5) -> str:
             lines.append("  worst fits by reduced chi2:")
             for flat in order:
                 idx = np.unravel_index(flat, values.shape)
-                where = ", ".join(f"{d}={i}" for d, i in zip(red.dims, idx, strict=True))
-                lines.append(f"    {where}: redchi2={values[idx]:.4g}")
+                lines.append(f"    {_label(red, idx)}: redchi2={values[idx]:.4g}")
     return "\n".join(lines)
 
 
-def failures(result: xr.Dataset):
-    """A table (pandas DataFrame) of the fits that failed or were skipped."""
+def failures(result: xr.Dataset, prefix: str | None = None):
+    """A table (pandas DataFrame) of the fits that failed or were skipped.
+
+    One row per fit, with its position by label, ``status`` and ``meaning``;
+    the columns are there even when nothing failed.
+    """
     import pandas as pd
 
     rows = []
-    for prefix in _prefixes(result):
-        status = result[f"{prefix}fit_status"]
+    prefixes = _check_prefix(result, prefix)
+    status = result[f"{prefixes[0]}fit_status"]
+    columns = ["variable", *status.dims, "status", "meaning"]
+    for pre in prefixes:
+        status = result[f"{pre}fit_status"]
         bad = status >= int(FIRST_FAILURE)
         if not bool(bad.any()):
             continue
         stacked = status.where(bad).to_series().dropna()
         for index, code in stacked.items():
             index = index if isinstance(index, tuple) else (index,)
-            row = {"variable": prefix.rstrip("_") or None}
+            row = {"variable": pre.rstrip("_") or None}
             row.update(dict(zip(status.dims, index, strict=True)))
             row.update(status=int(code), meaning=STATUS_TABLE[Status(int(code))][0])
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
