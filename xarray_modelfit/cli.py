@@ -216,7 +216,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("cube", help="FITS (.fits), netCDF (.nc) or zarr (.zarr) file")
     f.add_argument("--model", default="gaussian", choices=["gaussian"])
     f.add_argument("--dim", required=True, help="the dim to fit along (e.g. velocity)")
-    f.add_argument("--variable", help="data variable of a netCDF/zarr file (default: the first)")
+    f.add_argument(
+        "--variable",
+        help="data variable of a netCDF/zarr file (default: the first with two or more dims)",
+    )
     f.add_argument("--engine", default="auto", choices=["auto", "loop", "batched"])
     f.add_argument("--out", required=True, help="netCDF (.nc) or zarr (.zarr) file for the maps")
     f.add_argument("--plot", help="image file (.png, .pdf, .svg) for a figure of the maps")
