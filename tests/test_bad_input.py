@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import astropy.units as u
 import numpy as np
 import pytest
 import xarray as xr
 from astropy.modeling import fitting, models
 
-from xarray_modelfit import ModelFitError, modelfit
+from xarray_modelfit import ModelFitError, ModelFitTypeError, modelfit
 from xarray_modelfit.testing import gaussian_cube
 
 G = models.Gaussian1D(2.0, 0.0, 1.2)
@@ -145,7 +147,9 @@ def test_not_xarray():
 
 
 def test_dataset_without_fittable_variable(data):
-    with pytest.raises(ModelFitError, match="no data variable of the Dataset has all fitting dims"):
+    with pytest.raises(
+        ModelFitError, match="no numeric data variable of the Dataset has all fitting dims"
+    ):
         modelfit(xr.Dataset({"m": data.sum("velocity")}), G, "velocity")
 
 
@@ -176,3 +180,13 @@ def test_fitter_kwargs_of_a_fitter_with_open_keywords_pass_through(data):
                      scheduler="synchronous")  # fmt: skip
     full = modelfit(data, G, "velocity", fitter=fitter, scheduler="synchronous")
     assert not np.allclose(short.amplitude, full.amplitude, rtol=1e-3)
+
+
+def test_dataset_flags_are_left_out_and_errors_name_the_variable(data):
+    ds = xr.Dataset({"co": data, "good": data > 0.5, "hcn": 2 * data})
+    res = modelfit(ds, G, "velocity", scheduler="synchronous")
+    assert json.loads(res.attrs["data_vars_fitted"]) == ["co", "hcn"]
+    np.testing.assert_allclose(res.hcn_amplitude, 2 * res.co_amplitude, rtol=1e-6)
+    bad = ds.assign(z=data.astype(complex))
+    with pytest.raises(ModelFitTypeError, match="data variable 'z': data must be real numbers"):
+        modelfit(bad, G, "velocity", scheduler="synchronous")

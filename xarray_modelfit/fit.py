@@ -81,8 +81,8 @@ def modelfit(
     Parameters
     ----------
     obj : DataArray or Dataset
-        The data. For a Dataset, every data variable that has all of ``dims``
-        is fitted and its outputs are prefixed ``{var}_``.
+        The data. For a Dataset, every numeric data variable that has all of
+        ``dims`` is fitted and its outputs are prefixed ``{var}_``.
     model : astropy.modeling.Model
         Any fittable model (compound models included) giving the initial
         values, ``fixed``, ``tied`` and ``bounds``. Parameters may be
@@ -260,13 +260,22 @@ def _fit_candidates(obj, candidates, dims, args: dict) -> xr.Dataset:
 
 def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
     dims_t = normalise_dims(dims)
-    names = [name for name, var in ds.data_vars.items() if all(d in var.dims for d in dims_t)]
+    names = [
+        name
+        for name, var in ds.data_vars.items()
+        if all(d in var.dims for d in dims_t) and var.dtype.kind in "iufc"  # not flags, text, times
+    ]
     if not names:
-        raise ModelFitError(f"no data variable of the Dataset has all fitting dims {list(dims_t)}")
+        raise ModelFitError(
+            f"no numeric data variable of the Dataset has all fitting dims {list(dims_t)}"
+        )
     kwargs = {k: v for k, v in args.items() if k not in ("obj", "model", "dims", "select", "refit")}
     parts = []
     for name in names:
-        fitted = _fit_dataarray(ds[name], model, dims_t, **{**kwargs, "compute": False})
+        try:
+            fitted = _fit_dataarray(ds[name], model, dims_t, **{**kwargs, "compute": False})
+        except ModelFitError as exc:  # say which variable
+            raise type(exc)(f"data variable {name!r}: {exc}") from exc
         parts.append(results.prefixed(fitted, f"{name}_"))
     out = xr.merge(parts, combine_attrs="drop_conflicts")
     out.attrs.update(results.dataset_attrs(parts, names))
