@@ -1,5 +1,8 @@
+"""``python -m xarray_modelfit``: the command line (guarded, so process pools can spawn)."""
+
 import sys
 
 from xarray_modelfit.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
