@@ -235,11 +235,11 @@ def test_units_on_data_coords_and_model(cube):
         modelfit(data, models.Gaussian1D(2 * u.K, 0 * u.s, 1 * u.s), "velocity", **SYNC)
 
 
-def test_plain_quantity_p0_needs_no_units_on_data(cube):
+def test_plain_quantity_p0_on_data_without_units_is_converted_or_refused(cube):
     data, _ = cube
     plain = data.copy()
-    plain.attrs = {}
-    with pytest.raises(xarray_modelfit.ModelFitError, match="but the parameter has no units"):
+    plain.attrs = {}  # dimensionless data; the velocity coordinate keeps its km/s
+    with pytest.raises(xarray_modelfit.ModelFitError, match="cannot be converted to the parameter"):
         modelfit(plain, models.Gaussian1D(2, 0, 1.2), "velocity", p0={"mean": 3 * u.s}, **SYNC)
 
 
@@ -504,3 +504,21 @@ def test_tied_parameters_engines_agree_with_finite_differences():
             lambda p, yi=y[i]: two(x, *p, p[2]) - yi, [1.5, -3, 1, 1.5, 3], bounds=(lo, hi)
         )
         np.testing.assert_allclose(float(batched.fit_chi2[i]), 2 * ref.cost, rtol=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["batched", "loop"])
+def test_fits_that_end_on_a_bound_are_counted(engine):
+    """Lines outside the allowed mean range pin the mean on the bound; the others do not."""
+    cube, truth = gaussian_cube(ny=2, nx=6, nchan=61, seed=7)
+    model = models.Gaussian1D(2.0, 0.0, 1.5, bounds={"mean": (-0.8, 0.8)})
+    res = modelfit(cube, model, "velocity", engine=engine, scheduler="synchronous")
+    outside = np.abs(truth["mean"]) > 0.9
+    inside = np.abs(truth["mean"]) < 0.7
+    assert outside.sum() >= 4 and inside.sum() >= 4
+    on_edge = np.isclose(np.abs(res["mean"].values), 0.8, rtol=1e-6)
+    np.testing.assert_array_equal(res.fit_at_bound.values, on_edge.astype(int))
+    assert (res.fit_at_bound.values[outside] == 1).all()
+    assert (res.fit_at_bound.values[inside] == 0).all()
+    free = modelfit(cube, models.Gaussian1D(2.0, 0.0, 1.5), "velocity", engine=engine,
+                    scheduler="synchronous")  # fmt: skip
+    assert (free.fit_at_bound == 0).all()

@@ -191,6 +191,36 @@ def test_dataset_input_result_roundtrip(cube, fmt, tmp_path):
         xr.testing.assert_identical(ev, res.modelfit.evaluate(ds[prefix[:-1]], prefix=prefix))
 
 
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_dataset_variables_keep_their_own_units(cube, fmt, tmp_path):
+    """``to_model`` / ``evaluate`` with a prefix use that variable's units, also reloaded."""
+    ds = xr.Dataset({"co": cube, "flux": (cube * 30).assign_attrs(units="Jy")})
+    model = models.Gaussian1D(2.0, -4.0, 1.2) + models.Gaussian1D(2.0, 4.0, 1.2)
+    res = modelfit(ds, model, "velocity", **SYNC)
+    assert res.attrs["co_model_data_units"] == "K" and res.attrs["flux_model_data_units"] == "Jy"
+    assert "model_data_units" not in res.attrs  # the variables disagree: no shared value
+    assert res.attrs["model_input_units"] == '["km / s"]'  # they agree on the coordinate
+    save_result(res, tmp_path / f"units.{fmt}")
+    back = load_result(tmp_path / f"units.{fmt}")
+    xr.testing.assert_identical(back.load(), res)
+    v = cube.velocity.values * u.km / u.s
+    for name, unit in (("co", u.K), ("flux", u.Jy)):
+        # each variable fitted alone is the reference
+        alone = modelfit(ds[name], model, "velocity", **SYNC)
+        fitted = back.modelfit.to_model(prefix=f"{name}_")
+        assert fitted.amplitude_1.unit == unit and fitted.mean_1.unit == u.km / u.s
+        np.testing.assert_array_equal(fitted.amplitude_1.value, alone["amplitude_1"].values)
+        ev = back.modelfit.evaluate(ds[name], prefix=f"{name}_")
+        assert ev.attrs["units"] == unit.to_string()
+        xr.testing.assert_identical(ev.compute(), alone.modelfit.evaluate(ds[name]).compute())
+        # against astropy: the model built by hand from the maps, evaluated in Quantities
+        q = {p: float(alone[p][1, 2]) * u.Unit(alone[p].attrs["units"]) for p in model.param_names}
+        by_hand = models.Gaussian1D(
+            q["amplitude_0"], q["mean_0"], q["stddev_0"]
+        ) + models.Gaussian1D(q["amplitude_1"], q["mean_1"], q["stddev_1"])
+        np.testing.assert_allclose(ev.isel(y=1, x=2).values, by_hand(v).to_value(unit), rtol=1e-12)
+
+
 def test_lazy_model_and_residual_cubes_to_zarr(result, cube, tmp_path):
     eager = result.modelfit.evaluate(cube)
     # a chunked result gives a lazy model cube, written chunk by chunk

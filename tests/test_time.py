@@ -8,6 +8,7 @@ for the world axes.
 from __future__ import annotations
 
 import datetime
+import warnings
 
 import astropy.units as u
 import cftime
@@ -289,6 +290,48 @@ def test_evaluate_on_reloaded_result_reproduces_curve(calendar, fmt, tmp_path):
     amp, phi = truth["amplitude"], truth["phase"]
     ref = 3 + 0.002 * fine_t[:, None] + amp * np.sin(2 * np.pi * (fine_t[:, None] / period + phi))
     np.testing.assert_allclose(ev_fine.values, ref, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("calendar", "year_days"), [("360_day", 360), ("noleap", 365), ("all_leap", 366)]
+)
+def test_years_on_a_calendar_with_another_year_warn(calendar, year_days):
+    """``unit="yr"`` is the Julian year: on these calendars an annual cycle drifts; days do not."""
+    times = xr.date_range("1990-01-01", periods=240, freq="MS", calendar=calendar, use_cftime=True)
+    t = cftime.date2num(times.values, "days since 1990-01-01", calendar=calendar)
+    y = 3 + 2 * np.sin(2 * np.pi * (t / year_days + 0.1))  # periodic in the calendar's year
+    da = xr.DataArray(y, dims="time", coords={"time": times.values})
+    fit = {"engine": "loop", "scheduler": "synchronous", "fitter_kwargs": TIGHT}
+    in_years = models.Const1D(3) + models.Sine1D(2, 1, 0.1, fixed={"frequency": True})
+    match = rf"'{calendar}' calendar, whose year is {year_days} days.*frequency=1 / {year_days}"
+    with pytest.warns(xarray_modelfit.ModelFitWarning, match=match) as caught:
+        drifted = modelfit(da, in_years, "time", coords={"time": TimeAxis(unit="yr")}, **fit)
+    assert {w.filename for w in caught.list} == {__file__}  # the warning points at this line
+    # the recommended way: days and the calendar's year, exact for this closed form
+    in_days = models.Const1D(3) + models.Sine1D(2, 1 / year_days, 0.1, fixed={"frequency": True})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xarray_modelfit.ModelFitWarning)
+        exact = modelfit(da, in_days, "time", **fit)
+        drifted.modelfit.evaluate(da)  # warned once, when fitting
+    np.testing.assert_allclose(float(exact.amplitude_1), 2.0, rtol=1e-9)
+    np.testing.assert_allclose(float(exact.phase_1), 0.1, atol=1e-9)
+    assert float(exact.fit_rsquared) > 1 - 1e-12
+    assert float(drifted.fit_rsquared) < 1 - 1e-6  # the Julian-year cycle cannot follow
+
+
+@pytest.mark.parametrize("calendar", [None, "standard", "proleptic_gregorian", "julian"])
+def test_years_on_calendars_of_about_julian_years_do_not_warn(calendar):
+    if calendar is None:
+        times = xr.date_range("1990-01-01", periods=24, freq="MS").values
+    else:
+        times = xr.date_range(
+            "1990-01-01", periods=24, freq="MS", calendar=calendar, use_cftime=True
+        ).values
+    da = xr.DataArray(np.arange(24.0), dims="time", coords={"time": times})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xarray_modelfit.ModelFitWarning)
+        (world,) = world_inputs(da, ["time"], {"time": TimeAxis(unit="yr")})
+    assert world.unit == u.yr
 
 
 @pytest.mark.parametrize("calendar", ["noleap", "360_day"])

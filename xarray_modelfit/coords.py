@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xarray_modelfit.errors import ModelFitError, ModelFitTypeError
+from xarray_modelfit.errors import ModelFitError, ModelFitTypeError, warn
 from xarray_modelfit.units import parse_unit
 
 #: dim that stacks the world inputs of a model with several inputs
@@ -121,9 +121,17 @@ class World:
 
 
 def world_inputs(
-    obj: xr.DataArray, dims: Sequence[Hashable], coords: Mapping | None
+    obj: xr.DataArray,
+    dims: Sequence[Hashable],
+    coords: Mapping | None,
+    *,
+    warn_calendar: bool = True,
 ) -> list[World]:
-    """The world input of every fitting dim, in the model's input order."""
+    """The world input of every fitting dim, in the model's input order.
+
+    ``warn_calendar=False`` silences the warning about years on calendars whose
+    year is not the Julian year (given once, when fitting).
+    """
     coords = dict(coords or {})
     unknown = set(coords) - set(dims)
     if unknown:
@@ -133,10 +141,19 @@ def world_inputs(
         )
     return [
         dataclasses.replace(
-            _one_input(obj, dim, coords.get(dim)), coord=_coord_name(obj, dim, coords.get(dim))
+            _one_input(obj, dim, coords.get(dim), warn_calendar),
+            coord=_coord_name(obj, dim, coords.get(dim)),
         )
         for dim in dims
     ]
+
+
+_PIXEL_SOURCE = "pixel index along"
+
+
+def is_pixel_source(source: str) -> bool:
+    """Whether a :attr:`World.source` (``attrs["world_sources"]``) is the pixel index."""
+    return source.startswith(_PIXEL_SOURCE)
 
 
 def _coord_name(obj: xr.DataArray, dim: Hashable, spec: Any) -> Hashable | None:
@@ -145,12 +162,17 @@ def _coord_name(obj: xr.DataArray, dim: Hashable, spec: Any) -> Hashable | None:
         spec = spec.name
     if spec is None:
         return dim if dim in obj.coords else None
-    if isinstance(spec, Hashable) and not isinstance(spec, int | float | tuple):
+    if _is_name(spec):
         return spec if spec in obj.coords else None
     return None
 
 
-def _one_input(obj: xr.DataArray, dim: Hashable, spec: Any) -> World:
+def _is_name(spec: Any) -> bool:
+    """Whether ``spec`` can name a coordinate (not an array, Quantity, number or tuple)."""
+    return isinstance(spec, Hashable) and not isinstance(spec, int | float | tuple | np.ndarray)
+
+
+def _one_input(obj: xr.DataArray, dim: Hashable, spec: Any, warn_calendar: bool = True) -> World:
     time = None
     if isinstance(spec, TimeAxis):
         time, spec = spec, spec.name
@@ -165,12 +187,8 @@ def _one_input(obj: xr.DataArray, dim: Hashable, spec: Any) -> World:
             )
         else:
             da = xr.DataArray(np.arange(obj.sizes[dim], dtype=float), dims=(dim,))
-            return World(da, None, f"pixel index along {dim!r}")
-    elif isinstance(spec, str) or (
-        isinstance(spec, Hashable)
-        and not isinstance(spec, int | float | tuple)
-        and spec in obj.coords
-    ):
+            return World(da, None, f"{_PIXEL_SOURCE} {dim!r}")
+    elif isinstance(spec, str) or (_is_name(spec) and spec in obj.coords):
         if spec not in obj.coords:
             raise ModelFitError(
                 f"coords[{dim!r}] names {spec!r}, which is not a coordinate of the data; "
@@ -179,27 +197,27 @@ def _one_input(obj: xr.DataArray, dim: Hashable, spec: Any) -> World:
         da, source = xr.DataArray(obj.coords[spec].variable), f"coordinate {spec!r}"
     elif isinstance(spec, xr.DataArray):
         da, source = spec, f"coords[{dim!r}] DataArray"
-    elif isinstance(spec, np.ndarray | list | tuple | u.Quantity):
-        arr = spec if isinstance(spec, u.Quantity) else np.asarray(spec)
+    elif isinstance(spec, np.ndarray | list | tuple):
+        arr = spec.value if isinstance(spec, u.Quantity) else np.asarray(spec)
         if arr.ndim != 1:
             raise ModelFitError(
                 f"coords[{dim!r}] is a {arr.ndim}-d array; a plain array must be 1-d with "
                 f"length {obj.sizes[dim]} (pass a DataArray with named dims for N-d coordinates)"
             )
         da, source = xr.DataArray(arr, dims=(dim,)), f"coords[{dim!r}] array"
-        if isinstance(spec, u.Quantity):
-            da = xr.DataArray(spec.value, dims=(dim,), attrs={"units": spec.unit.to_string()})
     else:
         raise ModelFitTypeError(
             f"coords[{dim!r}] must be a coordinate name, an array or a DataArray, "
             f"got {type(spec).__name__}"
         )
     _check_dims(obj, dim, da, source)
-    if isinstance(da.data, u.Quantity):
-        da = da.copy(data=da.data.value)
+    if isinstance(spec, u.Quantity):
+        da = da.assign_attrs(units=spec.unit.to_string())
+    elif isinstance(da.data, u.Quantity):  # a DataArray wrapping a Quantity: its unit counts
+        da = da.copy(data=da.data.value).assign_attrs(units=da.data.unit.to_string())
     kind = _time_kind(da, source)
     if kind is not None:
-        return _time_world(da, time or TimeAxis(), source, kind)
+        return _time_world(da, time or TimeAxis(), source, kind, warn_calendar)
     if time is not None:
         raise ModelFitError(
             f"coords[{dim!r}] is a TimeAxis, but {source} is not a time axis (dtype {da.dtype}); "
@@ -391,7 +409,9 @@ def _cftime_days(values: np.ndarray, origin: Any, source: str) -> tuple[np.ndarr
     return days.reshape(values.shape), zero.isoformat(), calendar
 
 
-def _time_world(da: xr.DataArray, time: TimeAxis, source: str, kind: str) -> World:
+def _time_world(
+    da: xr.DataArray, time: TimeAxis, source: str, kind: str, warn_calendar: bool = True
+) -> World:
     unit, origin = time.resolved()
     if kind == "cf_numeric":
         da, kind = _decode_cf_numeric(da, source), "cftime"
@@ -406,6 +426,8 @@ def _time_world(da: xr.DataArray, time: TimeAxis, source: str, kind: str) -> Wor
         calendar = None
     else:
         days, origin_text, calendar = _cftime_days(values, origin, source)
+        if warn_calendar:
+            _warn_calendar_year(unit, calendar, source)
     # "<unit> since <origin>" reproduces this axis: TimeAxis(origin=<that text>)
     record = f"{_UNIT_WORDS.get(unit, unit.to_string())} since {origin_text}"
     if calendar is not None:
@@ -415,3 +437,31 @@ def _time_world(da: xr.DataArray, time: TimeAxis, source: str, kind: str) -> Wor
 
 
 _UNIT_WORDS = {u.day: "days", u.h: "hours", u.min: "minutes", u.s: "seconds"}
+
+#: days in a year of the cftime calendars whose mean year is not about 365.25 days
+_CALENDAR_YEAR_DAYS = {
+    "noleap": 365,
+    "365_day": 365,
+    "all_leap": 366,
+    "366_day": 366,
+    "360_day": 360,
+}
+
+
+def _warn_calendar_year(unit: u.UnitBase, calendar: str, source: str) -> None:
+    """Warn when a unit of whole Julian years meets a calendar with another year length.
+
+    astropy's ``yr`` is 365.25 days; on a 360-day or 365-day calendar a model
+    periodic in such years drifts out of phase with the calendar's seasons.
+    """
+    year_days = _CALENDAR_YEAR_DAYS.get(calendar)
+    years = float(unit.to(u.yr))
+    if year_days is None or years < 1 or abs(years - round(years)) > 1e-9:
+        return
+    warn(
+        f"{source} is in the {calendar!r} calendar, whose year is {year_days} days, but the "
+        f"TimeAxis unit {unit.to_string()!r} counts Julian years of 365.25 days: a model "
+        f"periodic in years drifts {abs(365.25 - year_days):g} days a year out of phase with "
+        f"the calendar's seasons. Use days (the default unit) and the calendar's year: "
+        f"frequency=1 / {year_days} per day for an annual cycle (slopes come out per day)"
+    )

@@ -8,10 +8,11 @@ import astropy.units as u
 import numpy as np
 import xarray as xr
 
-from xarray_modelfit.coords import INPUT_DIM, TimeAxis, world_inputs
+from xarray_modelfit.coords import INPUT_DIM, TimeAxis, is_pixel_source, world_inputs
 from xarray_modelfit.errors import ModelFitError
 from xarray_modelfit.kernel.chunk import evaluate_chunk
 from xarray_modelfit.params import PARAM_DIM
+from xarray_modelfit.results import unit_attrs
 from xarray_modelfit.serialize import model_from_json
 from xarray_modelfit.units import parse_unit
 
@@ -29,14 +30,14 @@ def _info(result: xr.Dataset, prefix: str):
     return names, model_from_json(attrs["model"])
 
 
-def _rename_data(result: xr.Dataset, model):
-    if not int(result.attrs.get("model_has_units", 0)):
+def _rename_data(units: dict, model):
+    if not int(units.get("model_has_units", 0)):
         return None
     in_units = [
         parse_unit(s) if s else u.dimensionless_unscaled
-        for s in json.loads(result.attrs["model_input_units"])
+        for s in json.loads(units["model_input_units"])
     ]
-    data_unit = parse_unit(result.attrs["model_data_units"] or "")
+    data_unit = parse_unit(units["model_data_units"] or "")
     rename = {model.inputs[0]: (0,) * in_units[0], model.outputs[0]: (0,) * data_unit}
     if model.n_inputs == 2:
         rename[model.inputs[1]] = (0,) * in_units[1]
@@ -56,7 +57,7 @@ def to_model(result: xr.Dataset, prefix: str = ""):
     values = {n: np.asarray(result[f"{prefix}{n}"].values) for n in names}
     model = model.copy()
     model._reset_parameters(**values)
-    rename = _rename_data(result, model)
+    rename = _rename_data(unit_attrs(result, prefix), model)
     return model if rename is None else model.with_units_from_data(**rename)
 
 
@@ -65,23 +66,34 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
 
     ``da`` supplies the coordinates of the fitting dims (it can be the data
     itself, or a DataArray on a finer grid) and is matched to the result's
-    iterated dims by name.
+    iterated dims by name. Where the fit's world input was a coordinate or an
+    array, ``da`` must have a coordinate along that dim (the pixel index is
+    used only where the fit used it).
+
+    Raises
+    ------
+    ModelFitError
+        If ``da`` lacks a fitting dim, or a coordinate along a fitting dim
+        whose world input was not the pixel index.
     """
     names, model = _info(result, prefix)
+    units = unit_attrs(result, prefix)
     fit_dims = json.loads(result.attrs["fit_dims"])
     origins = json.loads(result.attrs.get("time_origins", "null")) or [None] * len(fit_dims)
     used = json.loads(result.attrs.get("world_coords", "null")) or [None] * len(fit_dims)
+    sources = json.loads(result.attrs.get("world_sources", "null")) or [None] * len(fit_dims)
     coords = {}
-    for dim, origin, name in zip(fit_dims, origins, used, strict=True):
+    for dim, origin, name, source in zip(fit_dims, origins, used, sources, strict=True):
+        _check_grid(da, dim, name, source)
         # the coordinate the fit used, when it was not the dim's own and da has it
         name = name if name is not None and name != dim and name in da.coords else None
         if origin is not None:
             coords[dim] = TimeAxis(name=name, origin=origin.split(" (")[0])
         elif name is not None:
             coords[dim] = name
-    worlds = world_inputs(da, fit_dims, coords)
-    if int(result.attrs.get("model_has_units", 0)):
-        targets = json.loads(result.attrs["model_input_units"])
+    worlds = world_inputs(da, fit_dims, coords, warn_calendar=False)
+    if int(units.get("model_has_units", 0)):
+        targets = json.loads(units["model_input_units"])
         values = []
         for w, t in zip(worlds, targets, strict=True):
             v = w.values
@@ -109,6 +121,7 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
         dask="parallelized",
         output_dtypes=[np.float64],
         kwargs={"model": model, "n_fit_axes": len(fit_dims)},
+        keep_attrs=False,  # not the world coordinate's attrs: the units are set below
     )
     out = out.assign_coords({k: c for k, c in da.coords.items() if set(c.dims) <= set(out.dims)})
     out = out.assign_coords(
@@ -118,11 +131,31 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
             if set(c.dims) <= set(out.dims) and k not in out.coords
         }
     )
-    unit = result.attrs.get("model_data_units") or da.attrs.get("units")
+    unit = units.get("model_data_units") or da.attrs.get("units")
     if unit:
         out.attrs["units"] = unit
     out.name = "model"
     return out
+
+
+def _check_grid(da: xr.DataArray, dim: str, name: str | None, source: str | None) -> None:
+    """``da`` has the fitting dim, and a coordinate along it unless the fit used the pixel index."""
+    if dim not in da.dims:
+        raise ModelFitError(
+            f"evaluate: da has dims {list(da.dims)}, without the fitting dim {dim!r}; give a "
+            f"DataArray with every fitting dim"
+        )
+    if source is None or is_pixel_source(source):
+        return
+    if dim in da.coords or (name is not None and name in da.coords):
+        return
+    wanted = repr(dim) if name is None or name == dim else f"{name!r} or {dim!r}"
+    raise ModelFitError(
+        f"evaluate: da has no coordinate {wanted} along the fitting dim {dim!r} (its coordinates "
+        f"are {sorted(map(str, da.coords))}), but the fit's world input along {dim!r} was "
+        f"{source}, not the pixel index; give da a {dim!r} coordinate in the fit's world units "
+        f"(da.assign_coords({{{dim!r}: values}}))"
+    )
 
 
 def _plain(var: xr.DataArray) -> xr.DataArray:

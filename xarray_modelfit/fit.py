@@ -110,7 +110,9 @@ def modelfit(
     skipna : bool
         Leave NaN/inf points out of each fit (default) instead of failing it.
     data_unit : str or astropy Unit, optional
-        Unit of the data; default ``obj.attrs["units"]``.
+        Unit of the data; default ``obj.attrs["units"]``, or dimensionless
+        when the data has none and a coordinate has units (as
+        ``parallel_fit_dask(..., data_unit=u.one)``).
     equivalencies : list or dict, optional
         Unit equivalencies for converting the world inputs to the model's
         input units (e.g. ``u.spectral()``), for all inputs or per input name.

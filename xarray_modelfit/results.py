@@ -5,9 +5,13 @@ Layout of a result (for a Dataset input every name is prefixed ``{var}_``):
 - one variable per parameter, named exactly ``model.param_names``;
 - ``{param}_stderr``;
 - ``fit_status`` (CF flags), ``fit_chi2``, ``fit_redchi2``, ``fit_dof``,
-  ``fit_npoints``, ``fit_nfev``, ``fit_aic``, ``fit_bic``, ``fit_rsquared`` and,
+  ``fit_npoints``, ``fit_nfev``, ``fit_aic``, ``fit_bic``, ``fit_rsquared``,
+  ``fit_at_bound`` and,
   on request, ``fit_covariance`` over ``(param, param_j)``;
-- attrs: engine, fitter, fitted dims, the model as JSON, units and counts.
+- attrs: engine, fitter, fitted dims, the model as JSON, units and counts. For a
+  Dataset input the unit attrs of each variable's fit are kept as
+  ``{var}_model_data_units`` ... (:data:`UNIT_ATTRS`); the unprefixed ones
+  only when every variable agrees.
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ DIAGNOSTIC_VARS = (
     "fit_aic",
     "fit_bic",
     "fit_rsquared",
+    "fit_at_bound",
 )
+#: attrs that describe one variable's units: prefixed ``{var}_`` for a Dataset input
+UNIT_ATTRS = ("model_input_units", "model_data_units", "model_has_units")
 
 
 def stderr_name(param: str) -> str:
@@ -88,6 +95,9 @@ def assemble(
     )
     data_vars["fit_nfev"] = (
         take("nfev").astype(np.int32).assign_attrs(long_name="model evaluations")
+    )
+    data_vars["fit_at_bound"] = (
+        take("at_bound").astype(np.int8).assign_attrs(long_name="free parameters on a bound")
     )
     if layout.covariance:
         cov = take("covariance")
@@ -151,7 +161,32 @@ def prefixed(ds: xr.Dataset, prefix: str) -> xr.Dataset:
 
 
 def dataset_attrs(parts: Sequence[xr.Dataset], names: Sequence[str]) -> dict:
+    """Attrs of a Dataset input's result: each variable's units under ``{var}_``.
+
+    The unprefixed unit attrs stay only when every variable agrees, so that
+    nothing reads one variable's units for another.
+    """
     attrs = dict(parts[0].attrs)
     attrs["data_vars_fitted"] = json.dumps(list(names))
     attrs.pop("data_name", None)
+    for key in UNIT_ATTRS:
+        values = [part.attrs[key] for part in parts]
+        attrs.update({f"{name}_{key}": value for name, value in zip(names, values, strict=True)})
+        if any(value != values[0] for value in values[1:]):
+            del attrs[key]
     return attrs
+
+
+def unit_attrs(result: xr.Dataset, prefix: str = "") -> dict:
+    """The unit attrs (:data:`UNIT_ATTRS`) of the fit whose variables start with ``prefix``.
+
+    ``{prefix}model_data_units`` when the result has it (a Dataset input),
+    else the unprefixed attr; a key the result lacks is left out.
+    """
+    out = {}
+    for key in UNIT_ATTRS:
+        for name in (f"{prefix}{key}", key):
+            if name in result.attrs:
+                out[key] = result.attrs[name]
+                break
+    return out

@@ -143,6 +143,10 @@ def strip_model_units(
     n_inputs = model.n_inputs
     if not model._has_units and not _knows_data_units(model):
         data_unit = None
+    elif data_unit is None and any(unit is not None for unit in world_units):
+        # data without units on world inputs with units: dimensionless data, as
+        # parallel_fit_dask(..., data_unit=u.one), so the maps still get their units
+        data_unit = u.dimensionless_unscaled
     if not (model._has_units or data_unit is not None):
         params = {name: None for name in model.param_names}
         conversions = [(None, None)] * n_inputs

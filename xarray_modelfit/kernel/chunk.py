@@ -25,7 +25,9 @@ class OutputLayout:
     n_params: int
     covariance: bool = False
 
-    SCALARS = ("chi2", "npoints", "nfev", "status", "dof", "redchi2", "aic", "bic", "rsquared")
+    SCALARS = (
+        "chi2", "npoints", "nfev", "status", "dof", "redchi2", "aic", "bic", "rsquared", "at_bound",
+    )  # fmt: skip
 
     @property
     def size(self) -> int:
@@ -156,7 +158,13 @@ def fit_chunk(data, weights, mask, world, p0, lower, upper, position, *, plan: F
         return np.empty(lead + (layout.size,))
     result = run_engine(block, plan)
     result.status[~block.active] = skip[~block.active]
-    return pack(block, result, layout, plan.n_free).reshape(lead + (layout.size,))
+    return pack(block, result, layout, plan.n_free, _free(plan.setup.model)).reshape(
+        lead + (layout.size,)
+    )
+
+
+def _free(model) -> np.ndarray:
+    return np.array([not model.fixed[n] and not model.tied[n] for n in model.param_names], bool)
 
 
 def run_engine(block: FitBlock, plan: FitPlan) -> BlockResult:
@@ -235,7 +243,9 @@ def _write_diagnostics(block: FitBlock, result: BlockResult, setup: EngineSetup)
         )
 
 
-def pack(block: FitBlock, result: BlockResult, layout: OutputLayout, n_free: int) -> np.ndarray:
+def pack(
+    block: FitBlock, result: BlockResult, layout: OutputLayout, n_free: int, free: np.ndarray
+) -> np.ndarray:
     """Lay the engine's outputs out along one float64 axis."""
     out = np.full((block.n, layout.size), np.nan)
     failed = result.status >= Status.SINGULAR
@@ -246,11 +256,33 @@ def pack(block: FitBlock, result: BlockResult, layout: OutputLayout, n_free: int
     out[:, layout.slice_of("npoints")] = block.valid.sum(axis=1)
     out[:, layout.slice_of("nfev")] = result.nfev
     out[:, layout.slice_of("status")] = result.status
+    out[:, layout.slice_of("at_bound")] = at_bound(params, block, free)
     _statistics(out, block, result, layout, n_free, ~failed)
     if layout.covariance and result.covariance is not None:
         cov = np.where(failed[:, None, None], np.nan, result.covariance)
         out[:, layout.slice_of("covariance")] = cov.reshape(block.n, -1)
     return out
+
+
+AT_BOUND_RTOL = 1e-6
+
+
+def at_bound(params: np.ndarray, block: FitBlock, free: np.ndarray) -> np.ndarray:
+    """Number of free parameters of each fit that ended on one of their bounds.
+
+    On a bound means within ``AT_BOUND_RTOL`` of it, relative to the larger of
+    the bound, the other bound (if finite) and the initial value: a solver
+    with strictly feasible steps stops just inside a bound, not on it.
+    """
+    lo, hi, p0 = block.lower[:, free], block.upper[:, free], block.p0[:, free]
+    p = params[:, free]
+    with np.errstate(invalid="ignore"):
+        span = np.fmax(
+            np.abs(np.where(np.isfinite(lo), lo, 0)), np.abs(np.where(np.isfinite(hi), hi, 0))
+        )
+        tol = AT_BOUND_RTOL * np.fmax(np.fmax(span, np.abs(p0)), np.finfo(float).tiny)
+        on = (np.abs(p - lo) <= tol) | (np.abs(hi - p) <= tol)
+    return on.sum(axis=1)
 
 
 def _statistics(out, block, result, layout, n_free: int, good: np.ndarray) -> None:
