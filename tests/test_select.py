@@ -78,3 +78,43 @@ def test_selection_errors(mixed):
         modelfit(cube, [], "velocity")
     with pytest.raises(TypeError, match="model selection takes a DataArray"):
         modelfit(cube.to_dataset(name="v"), CANDIDATES, "velocity")
+
+
+def test_result_helpers_on_a_selection_result(tmp_path):
+    """evaluate/residuals use each position's chosen model; to_model takes candidate=k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    one, _ = gaussian_cube(2, 3, 100, n_components=1, noise=0.05, seed=1)
+    two, _ = gaussian_cube(2, 3, 100, n_components=2, noise=0.05, seed=2)
+    cube = xr.concat([one, two.assign_coords(x=np.arange(3, 6))], "x")
+    res = modelfit(cube, CANDIDATES[:2], "velocity", p0="auto", scheduler="synchronous")
+    index = res.fit_model_index.values
+    assert set(index.ravel()) == {0, 1}
+    curve = res.modelfit.evaluate(cube)
+    v = cube.velocity.values
+    for (iy, ix), k in np.ndenumerate(index):  # against the closed form of the chosen model
+        comps = [""] if k == 0 else ["_0", "_1"]
+        ref = sum(
+            float(res[f"amplitude{c}"][iy, ix])
+            * np.exp(
+                -0.5
+                * ((v - float(res[f"mean{c}"][iy, ix])) / float(res[f"stddev{c}"][iy, ix])) ** 2
+            )
+            for c in comps
+        )
+        np.testing.assert_allclose(curve.values[iy, ix], ref, rtol=1e-10, err_msg=f"y={iy}, x={ix}")
+    resid = res.modelfit.residuals(cube)
+    assert float(abs(resid).max()) < 0.3  # noise 0.05: every position is fitted by its model
+    with pytest.raises(ModelFitError, match="model-selection result of 2 candidate models"):
+        res.modelfit.to_model()
+    pair = res.modelfit.to_model(candidate=1)
+    chosen = index == 1
+    np.testing.assert_array_equal(np.isnan(pair.amplitude_0.value), ~chosen)
+    np.testing.assert_allclose(pair.amplitude_0.value[chosen], res.amplitude_0.values[chosen])
+    with pytest.raises(ModelFitError, match="candidate=2 is not a candidate"):
+        res.modelfit.to_model(candidate=2)
+    y, x = (int(c) for c in np.argwhere(chosen)[0])
+    fig = cube.modelfit.plot_fit(res, y=res.y.values[y], x=res.x.values[x])
+    fig.savefig(tmp_path / "fit.png")
+    assert (tmp_path / "fit.png").stat().st_size > 1000

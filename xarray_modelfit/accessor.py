@@ -35,9 +35,9 @@ class DataArrayModelFit(_Base):
 class DatasetModelFit(_Base):
     """``ds.modelfit(...)`` fits every variable; on a result: to_model, evaluate, summary."""
 
-    def to_model(self, prefix: str = ""):
+    def to_model(self, prefix: str = "", candidate: int | None = None):
         """Fitted astropy model; see :func:`xarray_modelfit.to_model`."""
-        return _evaluate.to_model(self._obj, prefix=prefix)
+        return _evaluate.to_model(self._obj, prefix=prefix, candidate=candidate)
 
     def evaluate(self, da: xr.DataArray, prefix: str = "") -> xr.DataArray:
         """Fitted model on ``da``'s grid; see :func:`xarray_modelfit.evaluate`."""

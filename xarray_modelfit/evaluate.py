@@ -17,8 +17,39 @@ from xarray_modelfit.serialize import model_from_json
 from xarray_modelfit.units import parse_unit
 
 
+def is_selection(result: xr.Dataset) -> bool:
+    """Whether ``result`` comes from model selection (a list of candidate models)."""
+    return "model_candidates" in result.attrs
+
+
+def as_candidate(result: xr.Dataset, k: int) -> xr.Dataset:
+    """A model-selection result seen as candidate ``k``'s own result.
+
+    Its parameter maps hold candidate ``k``'s values where it was chosen
+    (``fit_model_index == k``) and NaN elsewhere.
+    """
+    candidates = json.loads(result.attrs["model_candidates"])
+    if not 0 <= k < len(candidates):
+        raise ModelFitError(
+            f"candidate={k} is not a candidate of this result: it has {len(candidates)} "
+            f"(0 to {len(candidates) - 1})"
+        )
+    names = json.loads(result.attrs["candidate_param_names"])[k]
+    chosen = result["fit_model_index"] == k
+    view = result.assign({n: result[n].where(chosen) for n in names})
+    view.attrs = {**result.attrs, "model": candidates[k], "param_names": json.dumps(names)}
+    del view.attrs["model_candidates"]
+    return view
+
+
 def _info(result: xr.Dataset, prefix: str):
     attrs = result.attrs
+    if is_selection(result):
+        n = len(json.loads(attrs["model_candidates"]))
+        raise ModelFitError(
+            f"this is a model-selection result of {n} candidate models: pass candidate=k "
+            f"(0 to {n - 1}) for one of them"
+        )
     if "model" not in attrs:
         raise ModelFitError("this Dataset is not a modelfit result (no 'model' in its attrs)")
     names = json.loads(attrs["param_names"])
@@ -46,13 +77,16 @@ def _rename_data(units: dict, model):
     return rename
 
 
-def to_model(result: xr.Dataset, prefix: str = ""):
+def to_model(result: xr.Dataset, prefix: str = "", candidate: int | None = None):
     """The fitted astropy model, with array parameters over the iterated dims.
 
     As astropy's ``parallel_fit_dask`` returns it: parameter arrays have the
     shape of the result's maps (dims in ``result[param].dims`` order), units
-    restored.
+    restored. For a model-selection result, ``candidate=k`` gives candidate
+    ``k``'s model, its parameters NaN where another candidate was chosen.
     """
+    if candidate is not None:
+        result = as_candidate(result, candidate)
     names, model = _info(result, prefix)
     values = {n: np.asarray(result[f"{prefix}{n}"].values) for n in names}
     model = model.copy()
@@ -63,6 +97,9 @@ def to_model(result: xr.Dataset, prefix: str = ""):
 
 def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataArray:
     """The fitted model on ``da``'s grid (lazy if either is dask-backed).
+
+    For a model-selection result, each position gets the candidate chosen
+    there (NaN where none was).
 
     ``da`` supplies the coordinates of the fitting dims (it can be the data
     itself, or a DataArray on a finer grid) and is matched to the result's
@@ -76,6 +113,13 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
         If ``da`` lacks a fitting dim, or a coordinate along a fitting dim
         whose world input was not the pixel index.
     """
+    if is_selection(result):
+        n = len(json.loads(result.attrs["model_candidates"]))
+        out = None
+        for k in range(n):
+            part = evaluate(as_candidate(result, k), da, prefix)
+            out = part if out is None else xr.where(result["fit_model_index"] == k, part, out)
+        return out.assign_attrs(part.attrs).rename("model")
     names, model = _info(result, prefix)
     units = unit_attrs(result, prefix)
     fit_dims = json.loads(result.attrs["fit_dims"])

@@ -212,7 +212,7 @@ def plot_fit(
     """
     _check_result(result)
     plt = _pyplot()
-    from xarray_modelfit.evaluate import evaluate
+    from xarray_modelfit.evaluate import as_candidate, evaluate, is_selection
     from xarray_modelfit.kernel.status import STATUS_TABLE, Status
 
     prefix = _default_prefix(result, prefix)
@@ -231,6 +231,8 @@ def plot_fit(
         raise ValueError(f"select one fit: give a value for every iterated dim; still free: {rest}")
     keep = {d: v for d, v in position.items() if d in result.dims}
     point = result.sel(**keep) if keep else result
+    if is_selection(point) and int(point["fit_model_index"]) >= 0:  # the chosen candidate's fit
+        point = as_candidate(point, int(point["fit_model_index"]))
     model = evaluate(point, spectrum, prefix=prefix).compute()
     spectrum = spectrum.compute()
 
