@@ -331,3 +331,20 @@ def test_save_result_refuses_what_it_cannot_store(result, tmp_path):
     dict_attr = result.assign_attrs(extra={"a": 1})
     with pytest.raises(ModelFitError, match=r"attrs\['extra'\] of the Dataset is a dict"):
         save_result(dict_attr, tmp_path / "attrs.zarr")
+
+
+def test_evaluate_with_duplicate_labels_on_an_iterated_dim():
+    """Repeated station ids or epochs: positions match by place when the labels are the data's."""
+    cube, truth = gaussian_cube(ny=1, nx=4, nchan=41)
+    cube = cube.isel(y=0).assign_coords(x=[10, 10, 20, 30])
+    res = cube.modelfit(models.Gaussian1D(2, 0, 1.2), "velocity", scheduler="synchronous")
+    curve = res.modelfit.evaluate(cube)
+    v = cube.velocity.values[None, :]
+    ref = res.amplitude.values[:, None] * np.exp(
+        -0.5 * ((v - res["mean"].values[:, None]) / res.stddev.values[:, None]) ** 2
+    )
+    np.testing.assert_allclose(curve.transpose("x", "velocity").values, ref, rtol=1e-12)
+    resid = res.modelfit.residuals(cube)
+    np.testing.assert_allclose(
+        resid.transpose("x", "velocity").values, cube.T.values - ref, rtol=1e-9, atol=1e-12
+    )

@@ -150,6 +150,9 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
     world = xr.concat([xr.broadcast(v, template)[0] for v in values], dim=INPUT_DIM)
     params = xr.concat([_plain(result[f"{prefix}{n}"]) for n in names], dim=PARAM_DIM)
     shared = {d: da.indexes[d] for d in params.dims if d in da.indexes and d in params.indexes}
+    same = [d for d, index in shared.items() if index.equals(params.indexes[d])]
+    params = params.drop_vars(same)  # the same labels: by position (duplicate labels too)
+    shared = {d: index for d, index in shared.items() if d not in same}
     if shared:
         params = params.sel(shared)  # da may cover a subset of the fitted positions
     if da.chunks is not None:
