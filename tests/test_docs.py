@@ -237,6 +237,11 @@ ERRORS = {
         ModelFitError,
         "does not broadcast to the data shape",
     ),
+    "as a string other than": (
+        lambda: _fit(bounds="automatic"),
+        ModelFitError,
+        "or 'auto', got 'automatic'",
+    ),
     "a model set": (
         lambda: _fit(model=models.Gaussian1D([1, 2], [0, 0], [1, 1], n_models=2)),
         ModelFitError,

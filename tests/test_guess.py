@@ -9,7 +9,7 @@ from astropy.modeling import custom_model, models
 
 from xarray_modelfit import ModelFitError, modelfit, peak_stats, register_guess
 from xarray_modelfit.kernel.block import FitBlock
-from xarray_modelfit.kernel.guess import GUESSES, guess_block
+from xarray_modelfit.kernel.guess import GUESSES, axis_bounds, guess_block
 from xarray_modelfit.testing import gaussian_cube
 
 
@@ -155,3 +155,48 @@ def test_bad_p0_string(cube):
         modelfit(data, models.Gaussian1D(), "velocity", p0="guess")
     with pytest.raises(ModelFitError, match="combines them with"):
         modelfit(data, models.Gaussian1D() * models.Const1D(), "velocity", p0="auto")
+
+
+# --- bounds="auto" ---------------------------------------------------------------------------
+def test_axis_bounds_of_a_sum_of_peaks():
+    model = (
+        models.Gaussian1D(1, 0, 1)
+        + models.Gaussian1D(1, 0, 1, bounds={"mean": (-1, 1)}, fixed={"stddev": True})
+        + models.Lorentz1D()
+        + models.Const1D()
+    )
+    got = axis_bounds(model, [-5.0], [7.0], [0.5])
+    assert got == {
+        "mean_0": (-5.0, 7.0),
+        "stddev_0": (0.25, 12.0),
+        "x_0_2": (-5.0, 7.0),
+        "fwhm_2": (0.25, 12.0),
+    }  # the user's mean_1 bounds and the fixed stddev_1 are kept; amplitudes stay open
+    plane = axis_bounds(models.Gaussian2D(), [0.0, 10.0], [20.0, 30.0], [1.0, 2.0])
+    assert plane["y_mean"] == (10.0, 30.0) and plane["y_stddev"] == (1.0, 20.0)
+    assert "amplitude" not in plane and "theta" not in plane
+
+
+@pytest.mark.parametrize("engine", ["batched", "loop"])
+def test_bounds_auto_keeps_lines_on_the_axis_and_flags_them(engine):
+    """A line centred beyond the band (a ramp in the data) runs off without bounds; with
+    bounds="auto" its centre stays on the axis edge and fit_at_bound says so. Lines inside the
+    band fit as without bounds."""
+    v = np.linspace(-10, 10, 41)
+    centres = np.array([-2.0, 3.0, 14.0, 1.0])
+    amps = np.array([2.0, 1.5, 3.0, 1.2])
+    rng = np.random.default_rng(3)
+    y = amps[:, None] * np.exp(-0.5 * ((v - centres[:, None]) / 2.0) ** 2)
+    cube = xr.DataArray(y + rng.normal(0, 0.02, y.shape), dims=("pix", "v"), coords={"v": v})
+    kw = {"engine": engine, "scheduler": "synchronous", "p0": "auto"}
+    free = modelfit(cube, models.Gaussian1D(), "v", **kw)
+    auto = modelfit(cube, models.Gaussian1D(), "v", bounds="auto", **kw)
+    assert free["mean"].values[2] > 10.0  # the optimum is beyond the axis
+    assert auto["mean"].values[2] == pytest.approx(10.0, rel=1e-6)
+    assert auto.fit_at_bound.values.tolist() == [0, 0, 1, 0]
+    inside = [0, 1, 3]
+    np.testing.assert_allclose(auto["mean"].values[inside], centres[inside], atol=0.05)
+    np.testing.assert_allclose(auto.amplitude.values[inside], amps[inside], atol=0.05)
+    np.testing.assert_allclose(auto["mean"].values[inside], free["mean"].values[inside], rtol=1e-6)
+    with pytest.raises(ModelFitError, match="or 'auto', got 'automatic'"):
+        modelfit(cube, models.Gaussian1D(), "v", bounds="automatic", scheduler="synchronous")

@@ -56,7 +56,7 @@ def modelfit(
     fitter=None,
     coords: Mapping[Hashable, Any] | None = None,
     p0: Mapping[str, Any] | None = None,
-    bounds: Mapping[str, Any] | None = None,
+    bounds: Mapping[str, Any] | str | None = None,
     weights=None,
     mask=None,
     skipna: bool = True,
@@ -102,8 +102,11 @@ def modelfit(
         DataArrays over iterated dims. ``"auto"`` estimates them per position
         from the data (moments of peaks, least squares for linear parts; see
         :func:`xarray_modelfit.register_guess`).
-    bounds : mapping, optional
-        ``{param: (lo, hi)}``, scalars, Quantities or DataArrays.
+    bounds : mapping or "auto", optional
+        ``{param: (lo, hi)}``, scalars, Quantities or DataArrays. ``"auto"``
+        keeps peak components on the axes: positions within the range of the
+        coordinate, widths from half a channel to its span (amplitudes stay
+        open); ``fit_at_bound`` then shows the fits that ended on one.
     weights, mask : DataArray or array, optional
         ``1/sigma`` weights and a boolean mask (True = excluded), broadcastable
         to the data.
@@ -411,6 +414,13 @@ def _fit_dataarray(
         raise ModelFitError(
             f"p0 must be a mapping of parameter name to value or 'auto', got {p0!r}"
         )
+    auto_bounds = isinstance(bounds, str) and bounds == "auto"
+    if isinstance(bounds, str) and not auto_bounds:
+        raise ModelFitError(
+            f"bounds must be a mapping of parameter name to (lo, hi) or 'auto', got {bounds!r}"
+        )
+    if auto_bounds:
+        bounds = _axis_bounds(unitless, world)
     p0, bounds = _aligned_maps(p0, bounds, obj)
     p0_da = initial_values(
         unitless, None if auto_p0 else p0, units_ctx.param_units, iter_dims, iter_shape
@@ -453,6 +463,9 @@ def _fit_dataarray(
     fd = list(fit_dims)
     if auto_p0:
         p0_da = _auto_p0(unitless, data, weights_da, mask_da, world, p0_da, plan, fd, weights, mask)
+    if auto_bounds:  # a start on a bound can hold a fit there: begin a little inside
+        inset = (0.02 * (upper - lower)).where(np.isfinite(lower) & np.isfinite(upper), 0.0)
+        p0_da = p0_da.clip(lower + inset, upper - inset)
     inputs = [
         (data, fd),
         (weights_da, fd if weights is not None else []),
@@ -529,6 +542,21 @@ def _scalar_parameters(model):
     model = model.copy()
     model._reset_parameters(**{n: float(v[0]) if v.size else np.nan for n, v in values.items()})
     return model
+
+
+def _axis_bounds(model, world: xr.DataArray) -> dict:
+    """``bounds="auto"``: peak positions on the axes, widths from half a step to the span."""
+    from xarray_modelfit.kernel.guess import axis_bounds
+
+    lo, hi, step = [], [], []
+    for i in range(world.sizes[INPUT_DIM]):
+        v = np.asarray(world.isel({INPUT_DIM: i}).values, dtype=float)
+        lo.append(np.nanmin(v))
+        hi.append(np.nanmax(v))
+        d = np.concatenate([np.abs(np.diff(v, axis=a)).ravel() for a in range(v.ndim)] or [[]])
+        d = d[np.isfinite(d) & (d > 0)]
+        step.append(float(np.median(d)) if d.size else 1.0)
+    return axis_bounds(model, lo, hi, step)
 
 
 def _linear_domains(model, fitter, world: xr.DataArray):

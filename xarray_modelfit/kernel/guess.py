@@ -295,3 +295,55 @@ def guess_chunk(data, weights, mask, world, p0, *, plan, guessers=None) -> np.nd
     with np.errstate(all="ignore"):
         values = guess_block(block, plan.setup.model, guessers)
     return values.reshape(lead + (P,))
+
+
+#: per model class: parameters that are a position on input ``i`` and widths along input ``i``
+#: (``bounds="auto"``); amplitudes are left open, so absorption lines stay possible
+AXIS_ROLES: dict[str, dict[str, tuple[str, int]]] = {
+    "Gaussian1D": {"mean": ("position", 0), "stddev": ("width", 0)},
+    "Lorentz1D": {"x_0": ("position", 0), "fwhm": ("width", 0)},
+    "Moffat1D": {"x_0": ("position", 0), "gamma": ("width", 0)},
+    "Voigt1D": {"x_0": ("position", 0), "fwhm_L": ("width", 0), "fwhm_G": ("width", 0)},
+    "Gaussian2D": {
+        "x_mean": ("position", 0),
+        "y_mean": ("position", 1),
+        "x_stddev": ("width", 0),
+        "y_stddev": ("width", 1),
+    },
+}
+
+
+def axis_bounds(model, lo, hi, step) -> dict[str, tuple[float, float]]:
+    """Bounds that keep every peak component on the axes (``bounds="auto"``).
+
+    ``lo``, ``hi`` and ``step`` give, per model input, the range of the world
+    values and their smallest typical spacing. A position parameter is bounded
+    to its input's range, a width to between half a step and the range's span.
+    Parameters the user already bounded (other than the class's default), and
+    other components, are left as they are.
+    """
+    from astropy.modeling.core import CompoundModel
+
+    try:
+        leaves = _leaves(model)
+    except ValueError:  # not a sum: only a single model's own roles apply
+        leaves = [model] if not isinstance(model, CompoundModel) else []
+    names = list(model.param_names)
+    offsets = np.cumsum([0] + [len(leaf.param_names) for leaf in leaves])
+    out = {}
+    for leaf, start in zip(leaves, offsets, strict=False):
+        roles = AXIS_ROLES.get(type(leaf).__name__, {})
+        for j, local in enumerate(leaf.param_names):
+            if local not in roles:
+                continue
+            name = names[start + j] if len(leaves) > 1 else local
+            if model.fixed[name] or model.tied[name]:
+                continue
+            if tuple(model.bounds[name]) != tuple(type(leaf)().bounds[local]):
+                continue  # bounded by the user
+            role, i = roles[local]
+            if role == "position":
+                out[name] = (float(lo[i]), float(hi[i]))
+            else:
+                out[name] = (0.5 * float(step[i]), max(float(hi[i] - lo[i]), float(step[i])))
+    return out
