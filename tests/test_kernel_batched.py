@@ -631,3 +631,26 @@ def test_data_scale_does_not_make_fits_singular(scale):
     singular = res.status == Status.SINGULAR
     assert np.all(ref.status[singular] == Status.SINGULAR) and singular.mean() < 0.25
     assert np.all(res.chi2[~singular] <= ref.chi2[~singular] * (1 + 1e-6))
+
+
+def test_badly_scaled_fits_are_handed_to_astropys_fitter():
+    """A cubic in days since 1800: J^T J spans 1e29, beyond the normal equations. Those fits
+    are fitted by the fitter itself and land on the least-squares optimum (np.polyfit)."""
+    t = np.arange(212) * 365.25
+    rng = np.random.default_rng(0)
+    coef = np.array([3e-14, -4e-9, 1e-4, 8.0])
+    y = np.polyval(coef, t)[None, :] + rng.normal(0, 0.7, (6, t.size))
+    block = FitBlock(
+        x=(t[None, :],), y=y, valid=np.ones_like(y, bool), weights=None,
+        p0=np.zeros((6, 4)), lower=np.full((6, 4), -np.inf), upper=np.full((6, 4), np.inf),
+        active=np.ones(6, bool), index=np.arange(6)[:, None],
+    )  # fmt: skip
+    setup = EngineSetup(
+        model=models.Polynomial1D(3), fitter=fitting.TRFLSQFitter(), fitter_kwargs={}
+    )
+    res = fit_batched(block, setup)
+    ref = np.array([np.sum((np.polyval(np.polyfit(t, yi, 3), t) - yi) ** 2) for yi in y])
+    np.testing.assert_allclose(res.chi2, ref, rtol=1e-6)
+    loop = fit_loop(block, setup)
+    np.testing.assert_array_equal(res.status, loop.status)
+    np.testing.assert_allclose(res.params, loop.params, rtol=1e-10)

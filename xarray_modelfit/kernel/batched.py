@@ -264,6 +264,7 @@ def fit_batched(block: FitBlock, setup: EngineSetup) -> BlockResult:
         "gtol": 0.0 if levmar else 1e-8,
     }
     step = max(1, _CHUNK_ELEMENTS // max(1, block.y.shape[1]))
+    ill: list[np.ndarray] = []
     for start in range(0, rows.size, step):  # bounded temporaries, cache-friendly arrays
         data = _block_data(block, rows[start : start + step], prob)
         q0 = np.clip(data.p0[:, prob.free], data.lo, data.hi)
@@ -276,7 +277,55 @@ def fit_batched(block: FitBlock, setup: EngineSetup) -> BlockResult:
         if prob.clip:
             out["q"] = np.clip(out["q"], data.lo, data.hi)
         _finalise(prob, data, out, res, weighted=block.weights is not None)
+        ill.append(data.rows[_ill_scaled(out["A"])])
     res.messages.update(prob.failed)
+    return _refit_by_loop(block, setup, res, np.concatenate(ill) if ill else rows[:0])
+
+
+#: the normal equations resolve eigenvalues down to about eps x the largest: a
+#: J^T J whose condition number passes this, with correlated columns (a cubic
+#: in days since 1800: about 1e32), is handed to the fitter itself, whose SVD of J
+#: does not square the condition number; a badly scaled but uncorrelated one
+#: (a Gaussian on data of 1e30) is solved well here
+_ILL_CONDITIONED = 1e24
+_CORRELATED = 10.0
+
+
+def _ill_scaled(A: np.ndarray) -> np.ndarray:
+    """Fits whose ``J^T J`` is too ill-conditioned for the normal equations."""
+    if A.shape[0] == 0 or A.shape[1] < 2:
+        return np.zeros(A.shape[0], bool)
+    with np.errstate(all="ignore"):
+        d = np.sqrt(np.abs(np.einsum("nkk->nk", A)))
+        ok = np.all(np.isfinite(A), axis=(1, 2)) & np.all(d > 0, axis=1)
+        A = np.where(ok[:, None, None], A, np.eye(A.shape[1]))
+        d = np.where(ok[:, None], d, 1.0)
+        scaled = np.linalg.eigvalsh(A / d[:, :, None] / d[:, None, :])
+        cond_scaled = scaled[:, -1] / np.abs(scaled[:, 0])
+        # the raw condition number, bounded by the scaled one and the spread of the
+        # diagonal (eigvalsh of the raw matrix cannot resolve it: that is the problem)
+        cond_raw = cond_scaled * (d.max(axis=1) / d.min(axis=1)) ** 2
+    return ok & (cond_raw > _ILL_CONDITIONED) & (cond_scaled > _CORRELATED)
+
+
+def _refit_by_loop(block: FitBlock, setup: EngineSetup, res: BlockResult, rows) -> BlockResult:
+    """Fits too badly scaled for the batched solver, fitted by astropy's fitter itself."""
+    if rows.size == 0:
+        return res
+    from dataclasses import replace
+
+    from xarray_modelfit.kernel.loop import fit_loop
+
+    sub = replace(block, active=np.isin(np.arange(block.n), rows))
+    loop = fit_loop(sub, setup)
+    for name in ("params", "stderr", "status", "chi2", "nfev"):
+        getattr(res, name)[rows] = getattr(loop, name)[rows]
+    if res.covariance is not None:
+        res.covariance[rows] = loop.covariance[rows]
+    for i in rows.tolist():
+        res.messages.pop(i, None)
+        if i in loop.messages:
+            res.messages[i] = loop.messages[i]
     return res
 
 
