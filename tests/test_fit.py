@@ -522,3 +522,17 @@ def test_fits_that_end_on_a_bound_are_counted(engine):
     free = modelfit(cube, models.Gaussian1D(2.0, 0.0, 1.5), "velocity", engine=engine,
                     scheduler="synchronous")  # fmt: skip
     assert (free.fit_at_bound == 0).all()
+
+
+def test_at_bound_is_relative_to_the_interval_and_missing_without_a_fit():
+    """On a GHz axis with kHz channels a line one channel inside its bound is not on it."""
+    f = 1.42e9 + 1e3 * np.arange(41)
+    y = 2.0 * np.exp(-0.5 * ((f - 1.42e9 - 10e3) / 3e3) ** 2)
+    data = xr.DataArray(np.stack([y, y, np.full_like(y, np.nan)]), dims=("pix", "f"),
+                        coords={"f": f})  # fmt: skip
+    model = models.Gaussian1D(
+        1.8, 1.42e9 + 12e3, 2.5e3, bounds={"mean": (1.42e9 + 9e3, 1.42e9 + 40e3)}
+    )
+    res = modelfit(data, model, "f", scheduler="synchronous")
+    np.testing.assert_allclose(res["mean"][:2], 1.42e9 + 10e3, atol=1.0)  # 1 Hz of a 1 kHz channel
+    assert res.fit_at_bound.values.tolist() == [0, 0, -1]

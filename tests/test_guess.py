@@ -200,3 +200,36 @@ def test_bounds_auto_keeps_lines_on_the_axis_and_flags_them(engine):
     np.testing.assert_allclose(auto["mean"].values[inside], free["mean"].values[inside], rtol=1e-6)
     with pytest.raises(ModelFitError, match="or 'auto', got 'automatic'"):
         modelfit(cube, models.Gaussian1D(), "v", bounds="automatic", scheduler="synchronous")
+
+
+def test_bounds_auto_leaves_other_parameters_and_their_starts_alone():
+    """Fixed or user-bounded parameters keep their values; only starts on a bound move, by a step."""
+    v = np.linspace(0.0, 1999.0, 2000)  # 1-channel steps
+    y = 3.0 * np.exp(-0.5 * ((v - 800.0) / 1.5) ** 2)
+    cube = xr.DataArray(np.stack([y, y + 0.5]), dims=("pix", "v"), coords={"v": v})
+    model = models.Gaussian1D(2.5, 0.0, 1.4) + models.Const1D(0.0, bounds={"amplitude": (0, 10)})
+    model.amplitude_1.fixed = True
+    fit = modelfit(cube, model, "v", bounds="auto", p0={"mean_0": 801.0}, scheduler="synchronous")
+    assert (fit["amplitude_1"] == 0.0).all()  # fixed at 0, on its own bound: not moved
+    np.testing.assert_allclose(fit["mean_0"][0], 800.0, rtol=1e-9)
+    np.testing.assert_allclose(fit["stddev_0"][0], 1.5, rtol=1e-6)
+    assert int(fit["fit_nfev"][0]) < 15  # the 1.4-channel width start was inside: not moved far
+
+
+def test_bounds_auto_steps_along_the_fitting_dim_of_an_nd_coordinate():
+    ch = np.arange(40.0)
+    lam = xr.DataArray(5000.0 + ch[None, :] + 0.001 * np.arange(3)[:, None], dims=("fibre", "ch"))
+    y = 2.0 * np.exp(-0.5 * ((lam - 5020.0) / 0.4) ** 2)  # narrower than one channel: on the bound
+    cube = y.assign_coords(lam=lam)
+    fit = modelfit(cube, models.Gaussian1D(2.0, 5020.0, 1.0), "ch", coords={"ch": "lam"},
+                   bounds="auto", scheduler="synchronous")  # fmt: skip
+    np.testing.assert_allclose(fit["stddev"], 0.5, rtol=1e-6)  # half of the 1-channel step
+    assert (fit.fit_at_bound == 1).all()
+
+
+def test_bounds_auto_on_a_model_it_does_not_know_warns():
+    import xarray_modelfit
+
+    cube, _ = gaussian_cube(1, 2, 30)
+    with pytest.warns(xarray_modelfit.ModelFitWarning, match="bounds='auto' bounds nothing"):
+        modelfit(cube, models.Polynomial1D(1), "velocity", bounds="auto", scheduler="synchronous")

@@ -420,7 +420,7 @@ def _fit_dataarray(
             f"bounds must be a mapping of parameter name to (lo, hi) or 'auto', got {bounds!r}"
         )
     if auto_bounds:
-        bounds = _axis_bounds(unitless, world)
+        bounds, inset = _axis_bounds(unitless, world, fit_dims)
     p0, bounds = _aligned_maps(p0, bounds, obj)
     p0_da = initial_values(
         unitless, None if auto_p0 else p0, units_ctx.param_units, iter_dims, iter_shape
@@ -463,9 +463,9 @@ def _fit_dataarray(
     fd = list(fit_dims)
     if auto_p0:
         p0_da = _auto_p0(unitless, data, weights_da, mask_da, world, p0_da, plan, fd, weights, mask)
-    if auto_bounds:  # a start on a bound can hold a fit there: begin a little inside
-        inset = (0.02 * (upper - lower)).where(np.isfinite(lower) & np.isfinite(upper), 0.0)
-        p0_da = p0_da.clip(lower + inset, upper - inset)
+    if auto_bounds and bounds:  # a start on a bound can hold a fit there: begin a step inside
+        moved = xr.DataArray([n in bounds for n in unitless.param_names], dims=PARAM_DIM)
+        p0_da = p0_da.where(~moved, p0_da.clip(lower + inset, upper - inset))
     inputs = [
         (data, fd),
         (weights_da, fd if weights is not None else []),
@@ -544,19 +544,38 @@ def _scalar_parameters(model):
     return model
 
 
-def _axis_bounds(model, world: xr.DataArray) -> dict:
-    """``bounds="auto"``: peak positions on the axes, widths from half a step to the span."""
+def _axis_bounds(model, world: xr.DataArray, fit_dims) -> tuple[dict, float]:
+    """``bounds="auto"``: peak positions on the axes, widths from half a step to the span.
+
+    Also returns the smallest step, by which initial values are moved inside.
+    """
+    from xarray_modelfit.errors import warn
     from xarray_modelfit.kernel.guess import axis_bounds
 
     lo, hi, step = [], [], []
     for i in range(world.sizes[INPUT_DIM]):
-        v = np.asarray(world.isel({INPUT_DIM: i}).values, dtype=float)
+        w = world.isel({INPUT_DIM: i})
+        v = np.asarray(w.values, dtype=float)
         lo.append(np.nanmin(v))
         hi.append(np.nanmax(v))
-        d = np.concatenate([np.abs(np.diff(v, axis=a)).ravel() for a in range(v.ndim)] or [[]])
-        d = d[np.isfinite(d) & (d > 0)]
+        d = np.concatenate(
+            [np.abs(np.diff(v, axis=w.get_axis_num(dim))).ravel() for dim in fit_dims]
+        )
+        d = d[np.isfinite(d) & (d > 0)]  # spacing along the fitting dims only
         step.append(float(np.median(d)) if d.size else 1.0)
-    return axis_bounds(model, lo, hi, step)
+    bounds = axis_bounds(model, lo, hi, step)
+    if not bounds:
+        warn(
+            f"bounds='auto' bounds nothing in {model.name or type(model).__name__}: it knows the "
+            f"positions and widths of {', '.join(_known_peaks())} and of sums of them"
+        )
+    return bounds, min(step)
+
+
+def _known_peaks() -> list[str]:
+    from xarray_modelfit.kernel.guess import AXIS_ROLES
+
+    return sorted(AXIS_ROLES)
 
 
 def _linear_domains(model, fitter, world: xr.DataArray):

@@ -256,7 +256,7 @@ def pack(
     out[:, layout.slice_of("npoints")] = block.valid.sum(axis=1)
     out[:, layout.slice_of("nfev")] = result.nfev
     out[:, layout.slice_of("status")] = result.status
-    out[:, layout.slice_of("at_bound")] = at_bound(params, block, free)
+    out[:, layout.slice_of("at_bound")] = np.where(failed, -1, at_bound(params, block, free))
     _statistics(out, block, result, layout, n_free, ~failed)
     if layout.covariance and result.covariance is not None:
         cov = np.where(failed[:, None, None], np.nan, result.covariance)
@@ -270,17 +270,19 @@ AT_BOUND_RTOL = 1e-6
 def at_bound(params: np.ndarray, block: FitBlock, free: np.ndarray) -> np.ndarray:
     """Number of free parameters of each fit that ended on one of their bounds.
 
-    On a bound means within ``AT_BOUND_RTOL`` of it, relative to the larger of
-    the bound, the other bound (if finite) and the initial value: a solver
-    with strictly feasible steps stops just inside a bound, not on it.
+    On a bound means within ``AT_BOUND_RTOL`` of it, relative to the width of
+    the interval when both bounds are finite, else to the larger of the bound
+    and the initial value: a solver with strictly feasible steps stops just
+    inside a bound, not on it.
     """
     lo, hi, p0 = block.lower[:, free], block.upper[:, free], block.p0[:, free]
     p = params[:, free]
     with np.errstate(invalid="ignore"):
-        span = np.fmax(
-            np.abs(np.where(np.isfinite(lo), lo, 0)), np.abs(np.where(np.isfinite(hi), hi, 0))
-        )
-        tol = AT_BOUND_RTOL * np.fmax(np.fmax(span, np.abs(p0)), np.finfo(float).tiny)
+        finite = np.isfinite(lo) & np.isfinite(hi)
+        bound = np.where(np.isfinite(lo), lo, np.where(np.isfinite(hi), hi, 0.0))
+        one_sided = np.fmax(np.abs(bound), np.abs(p0))
+        scale = np.where(finite, hi - lo, one_sided)
+        tol = AT_BOUND_RTOL * np.fmax(scale, np.finfo(float).tiny)
         on = (np.abs(p - lo) <= tol) | (np.abs(hi - p) <= tol)
     return on.sum(axis=1)
 
