@@ -61,3 +61,27 @@ def test_unguarded_script_runs_once_and_fits(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["ok", "6"]
     assert log.read_text() == "run\n"
+
+
+def test_a_guard_elsewhere_does_not_protect_top_level_calls(tmp_path):
+    script = tmp_path / "mixed.py"
+    script.write_text(
+        textwrap.dedent("""
+        from xarray_modelfit._validate import default_scheduler
+
+        print(default_scheduler("loop"))  # top level, outside the guard: re-run by workers
+
+
+        def main():
+            print(default_scheduler("loop"))
+
+
+        if __name__ == "__main__":
+            main()
+    """)
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["threads", "processes"]

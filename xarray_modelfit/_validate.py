@@ -224,22 +224,34 @@ def default_scheduler(engine: str) -> str:
 
 
 def main_is_guarded() -> bool:
-    """Whether spawned processes can import ``__main__`` without running it.
+    """Whether spawned processes can import ``__main__`` without rerunning this call.
 
-    True in interactive sessions, notebooks and ``python -c`` (no main file), and
-    for a main file with a top-level ``if __name__ == "__main__":`` block.
+    True in interactive sessions, notebooks and ``python -c`` (no main file),
+    and for a main file whose top-level code is making this call from inside
+    an ``if __name__ == "__main__":`` block (or that is not at its top level
+    now, as in a callback). A call from unguarded top-level code would be made
+    again by every worker.
     """
     import ast
     import sys
 
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
     if path is None:
         return True
     try:
         tree = ast.parse(open(path, "rb").read())
     except (OSError, SyntaxError, ValueError):
         return False
-    return any(isinstance(node, ast.If) and _is_main_test(node.test) for node in tree.body)
+    guards = [n for n in tree.body if isinstance(n, ast.If) and _is_main_test(n.test)]
+    if not guards:
+        return False
+    frame = sys._getframe(1)
+    while frame is not None:  # the main script's top-level frame, if it is running
+        if frame.f_code.co_name == "<module>" and frame.f_globals is vars(main):
+            return any(g.lineno <= frame.f_lineno <= (g.end_lineno or g.lineno) for g in guards)
+        frame = frame.f_back
+    return True
 
 
 def _is_main_test(test) -> bool:
