@@ -108,3 +108,13 @@ def test_dask_weights_mask_and_p0_in_any_chunks(spiky, engine):
                    p0=p0, **kw)  # fmt: skip
     np.testing.assert_allclose(res.amplitude, ref.amplitude, rtol=1e-7)
     np.testing.assert_allclose(res.amplitude_stderr, ref.amplitude_stderr, rtol=1e-6)
+
+
+def test_labels_missing_from_data_with_duplicate_labels_are_refused():
+    cube, _ = gaussian_cube(ny=1, nx=3, nchan=30)
+    data = cube.isel(y=0).assign_coords(x=["a", "a", "b"])
+    start = xr.DataArray([0.0, 0.1, 0.2], dims="x", coords={"x": ["b", "a", "c"]})
+    with pytest.raises(
+        ModelFitError, match=r"labels along 'x' that are not the data's \(\[b, a, c\]"
+    ):
+        modelfit(data, MODEL, "velocity", p0={"mean": start}, scheduler="synchronous")

@@ -135,7 +135,7 @@ def align_labels(value, obj: xr.DataArray, what: str):
         if len(mine) != len(theirs) or mine.equals(theirs):
             continue  # a length mismatch is reported by the shape checks
         order = mine.get_indexer(theirs) if mine.is_unique else None
-        if order is None or (order < 0).any():
+        if order is None or (order < 0).any() or not mine.isin(theirs).all():
             raise ModelFitError(
                 f"{what} has labels along {d!r} that are not the data's "
                 f"({_few(mine)} against {_few(theirs)}); give it the data's labels, "
