@@ -37,7 +37,9 @@ def validate_model_fitter(model, fitter):
             f"model {name} is a set of {len(model)} models; modelfit fits one model per "
             f"position: give a single model (per-position starts go in p0)"
         )
-    if all(model.fixed[n] or model.tied[n] for n in model.param_names):
+    from xarray_modelfit.kernel.block import free_mask
+
+    if not free_mask(model).any():
         raise ModelFitError(
             f"every parameter of {name} is fixed or tied: there is nothing to fit "
             f"(use .modelfit.evaluate on a result, or free a parameter)"

@@ -20,7 +20,6 @@ import xarray as xr
 
 from xarray_modelfit import results
 from xarray_modelfit._validate import (
-    align_labels,
     aux_array,
     check_fitter_kwargs,
     check_scheduler,
@@ -32,9 +31,15 @@ from xarray_modelfit._validate import (
 from xarray_modelfit.coords import INPUT_DIM, world_inputs
 from xarray_modelfit.errors import ModelFitError, ModelFitTypeError
 from xarray_modelfit.kernel import diagnostics as _diag
-from xarray_modelfit.kernel.block import EngineSetup
+from xarray_modelfit.kernel.block import EngineSetup, free_mask
 from xarray_modelfit.kernel.chunk import FitPlan, OutputLayout, fit_chunk
-from xarray_modelfit.params import PARAM_DIM, bounds_arrays, initial_values
+from xarray_modelfit.params import (
+    PARAM_DIM,
+    aligned_maps,
+    axis_bounds,
+    bounds_arrays,
+    initial_values,
+)
 from xarray_modelfit.preflight import preflight as run_preflight
 from xarray_modelfit.units import convert_values, parse_unit, strip_model_units
 
@@ -43,7 +48,6 @@ AXIS_DIM = "_axis"
 
 #: fits per chunk when ``chunk_n_max`` is not given (astropy's default for the loop engine)
 DEFAULT_CHUNK_N_MAX = {"loop": 500, "batched": 20_000}
-#: scheduler when ``scheduler`` is not given
 
 Engine = Literal["auto", "loop", "batched"]
 
@@ -290,20 +294,6 @@ def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
     return out
 
 
-def _aligned_maps(p0, bounds, obj: xr.DataArray):
-    """``p0`` and ``bounds`` with their DataArrays in the data's label order."""
-    if isinstance(p0, Mapping):
-        p0 = {k: align_labels(v, obj, f"p0[{k!r}]") for k, v in p0.items()}
-    if isinstance(bounds, Mapping):
-        bounds = {
-            k: tuple(align_labels(b, obj, f"bounds[{k!r}]") for b in v)
-            if isinstance(v, tuple | list)
-            else v
-            for k, v in bounds.items()
-        }
-    return p0, bounds
-
-
 def _chunked(obj: xr.DataArray, fit_dims, iter_dims, n_max: int) -> xr.DataArray:
     """Fitting dims in one chunk, at most ``n_max`` fits per chunk; keep good native chunks."""
     import dask
@@ -420,8 +410,8 @@ def _fit_dataarray(
             f"bounds must be a mapping of parameter name to (lo, hi) or 'auto', got {bounds!r}"
         )
     if auto_bounds:
-        bounds, inset = _axis_bounds(unitless, world, fit_dims)
-    p0, bounds = _aligned_maps(p0, bounds, obj)
+        bounds, inset = axis_bounds(unitless, world, fit_dims)
+    p0, bounds = aligned_maps(p0, bounds, obj)
     p0_da = initial_values(
         unitless, None if auto_p0 else p0, units_ctx.param_units, iter_dims, iter_shape
     )
@@ -445,7 +435,7 @@ def _fit_dataarray(
     else:
         position, pos_core = xr.DataArray(np.zeros((), dtype=np.int64)), []
 
-    n_free = sum(1 for n in unitless.param_names if not unitless.fixed[n] and not unitless.tied[n])
+    n_free = int(free_mask(unitless).sum())
     layout = OutputLayout(len(unitless.param_names), covariance)
     setup = EngineSetup(
         model=unitless,
@@ -542,40 +532,6 @@ def _scalar_parameters(model):
     model = model.copy()
     model._reset_parameters(**{n: float(v[0]) if v.size else np.nan for n, v in values.items()})
     return model
-
-
-def _axis_bounds(model, world: xr.DataArray, fit_dims) -> tuple[dict, float]:
-    """``bounds="auto"``: peak positions on the axes, widths from half a step to the span.
-
-    Also returns the smallest step, by which initial values are moved inside.
-    """
-    from xarray_modelfit.errors import warn
-    from xarray_modelfit.kernel.guess import axis_bounds
-
-    lo, hi, step = [], [], []
-    for i in range(world.sizes[INPUT_DIM]):
-        w = world.isel({INPUT_DIM: i})
-        v = np.asarray(w.values, dtype=float)
-        lo.append(np.nanmin(v))
-        hi.append(np.nanmax(v))
-        d = np.concatenate(
-            [np.abs(np.diff(v, axis=w.get_axis_num(dim))).ravel() for dim in fit_dims]
-        )
-        d = d[np.isfinite(d) & (d > 0)]  # spacing along the fitting dims only
-        step.append(float(np.median(d)) if d.size else 1.0)
-    bounds = axis_bounds(model, lo, hi, step)
-    if not bounds:
-        warn(
-            f"bounds='auto' bounds nothing in {model.name or type(model).__name__}: it knows the "
-            f"positions and widths of {', '.join(_known_peaks())} and of sums of them"
-        )
-    return bounds, min(step)
-
-
-def _known_peaks() -> list[str]:
-    from xarray_modelfit.kernel.guess import AXIS_ROLES
-
-    return sorted(AXIS_ROLES)
 
 
 def _linear_domains(model, fitter, world: xr.DataArray):

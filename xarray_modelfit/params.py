@@ -16,6 +16,8 @@ import astropy.units as u
 import numpy as np
 import xarray as xr
 
+from xarray_modelfit._validate import align_labels
+from xarray_modelfit.coords import INPUT_DIM
 from xarray_modelfit.errors import ModelFitError, ModelFitTypeError
 from xarray_modelfit.units import to_param_unit
 
@@ -180,3 +182,51 @@ def _stack(parts: list[xr.DataArray], names: Sequence[str]) -> xr.DataArray:
     if out.chunks is not None:
         out = out.chunk({PARAM_DIM: -1})
     return out.assign_coords({PARAM_DIM: list(names)})
+
+
+def aligned_maps(p0, bounds, obj: xr.DataArray):
+    """``p0`` and ``bounds`` with their DataArrays in the data's label order."""
+    if isinstance(p0, Mapping):
+        p0 = {k: align_labels(v, obj, f"p0[{k!r}]") for k, v in p0.items()}
+    if isinstance(bounds, Mapping):
+        bounds = {
+            k: tuple(align_labels(b, obj, f"bounds[{k!r}]") for b in v)
+            if isinstance(v, tuple | list)
+            else v
+            for k, v in bounds.items()
+        }
+    return p0, bounds
+
+
+def axis_bounds(model, world: xr.DataArray, fit_dims) -> tuple[dict, float]:
+    """``bounds="auto"``: peak positions on the axes, widths from half a step to the span.
+
+    Also returns the smallest step, by which initial values are moved inside.
+    """
+    from xarray_modelfit.errors import warn
+    from xarray_modelfit.kernel.guess import axis_bounds
+
+    lo, hi, step = [], [], []
+    for i in range(world.sizes[INPUT_DIM]):
+        w = world.isel({INPUT_DIM: i})
+        v = np.asarray(w.values, dtype=float)
+        lo.append(np.nanmin(v))
+        hi.append(np.nanmax(v))
+        d = np.concatenate(
+            [np.abs(np.diff(v, axis=w.get_axis_num(dim))).ravel() for dim in fit_dims]
+        )
+        d = d[np.isfinite(d) & (d > 0)]  # spacing along the fitting dims only
+        step.append(float(np.median(d)) if d.size else 1.0)
+    bounds = axis_bounds(model, lo, hi, step)
+    if not bounds:
+        warn(
+            f"bounds='auto' bounds nothing in {model.name or type(model).__name__}: it knows the "
+            f"positions and widths of {', '.join(known_peaks())} and of sums of them"
+        )
+    return bounds, min(step)
+
+
+def known_peaks() -> list[str]:
+    from xarray_modelfit.kernel.guess import AXIS_ROLES
+
+    return sorted(AXIS_ROLES)

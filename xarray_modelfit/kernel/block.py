@@ -112,3 +112,8 @@ class EngineSetup:
     diagnostics_path: str | None = None
     diagnostics_callable: Any = None
     index_width: int = 1
+
+
+def free_mask(model: Any) -> np.ndarray:
+    """Which of ``model.param_names`` the fit varies: neither fixed nor tied."""
+    return np.array([not model.fixed[n] and not model.tied[n] for n in model.param_names], bool)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from xarray_modelfit.kernel.block import BlockResult, EngineSetup, FitBlock
+from xarray_modelfit.kernel.block import BlockResult, EngineSetup, FitBlock, free_mask
 from xarray_modelfit.kernel.status import Status
 
 
@@ -137,7 +137,7 @@ def build_block(
     npoints = valid.sum(axis=1)
     skip = np.full(n, -1, dtype=np.int16)
     model = plan.setup.model
-    free = [not model.fixed[name] and not model.tied[name] for name in model.param_names]
+    free = free_mask(model)
     skip[~np.all(np.isfinite(p0[:, free]), axis=1)] = Status.FAILED  # no usable start
     skip[npoints < max(plan.n_free, 1)] = Status.SKIPPED_TOO_FEW_POINTS
     if masked is not None:
@@ -158,13 +158,9 @@ def fit_chunk(data, weights, mask, world, p0, lower, upper, position, *, plan: F
         return np.empty(lead + (layout.size,))
     result = run_engine(block, plan)
     result.status[~block.active] = skip[~block.active]
-    return pack(block, result, layout, plan.n_free, _free(plan.setup.model)).reshape(
+    return pack(block, result, layout, plan.n_free, free_mask(plan.setup.model)).reshape(
         lead + (layout.size,)
     )
-
-
-def _free(model) -> np.ndarray:
-    return np.array([not model.fixed[n] and not model.tied[n] for n in model.param_names], bool)
 
 
 def run_engine(block: FitBlock, plan: FitPlan) -> BlockResult:
@@ -203,7 +199,7 @@ def _flag_unmoved(block: FitBlock, result: BlockResult, setup: EngineSetup) -> B
     if isinstance(setup.fitter, LinearLSQFitter):
         return result
     model = setup.model
-    free = [not model.fixed[n] and not model.tied[n] for n in model.param_names]
+    free = free_mask(model)
     same = np.all(result.params[:, free] == block.p0[:, free], axis=1)
     unmoved = block.active & (result.status == Status.CONVERGED) & same
     for i in np.flatnonzero(unmoved):
