@@ -118,3 +118,19 @@ def test_labels_missing_from_data_with_duplicate_labels_are_refused():
         ModelFitError, match=r"labels along 'x' that are not the data's \(\[b, a, c\]"
     ):
         modelfit(data, MODEL, "velocity", p0={"mean": start}, scheduler="synchronous")
+
+
+def test_a_dataset_of_weights_gives_each_variable_its_own():
+    cube, _ = gaussian_cube(ny=2, nx=2, nchan=41, noise=0.05, seed=8)
+    ds = xr.Dataset({"co": cube, "hcn": 3 * cube})
+    weights = xr.Dataset({"co": xr.full_like(cube, 20.0), "hcn": xr.full_like(cube, 20.0 / 3)})
+    res = modelfit(ds, MODEL, "velocity", weights=weights, scheduler="synchronous")
+    alone = modelfit(ds["hcn"], MODEL, "velocity", weights=weights["hcn"], scheduler="synchronous")
+    np.testing.assert_allclose(res.hcn_amplitude_stderr, alone.amplitude_stderr, rtol=1e-10)
+    np.testing.assert_allclose(res.hcn_amplitude_stderr, 3 * res.co_amplitude_stderr, rtol=1e-6)
+    with pytest.raises(ModelFitError, match="weights is a Dataset without the variable 'hcn'"):
+        modelfit(ds, MODEL, "velocity", weights=weights[["co"]], scheduler="synchronous")
+    with pytest.raises(ModelFitError, match="mask is a Dataset; give a DataArray"):
+        modelfit(
+            cube, MODEL, "velocity", mask=xr.Dataset({"co": cube > 9}), scheduler="synchronous"
+        )

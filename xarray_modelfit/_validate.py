@@ -161,6 +161,11 @@ def aux_array(value, obj: xr.DataArray, fit_dims, what: str, dtype) -> xr.DataAr
     """
     if value is None:
         return xr.DataArray(np.zeros((), dtype=dtype))
+    if isinstance(value, xr.Dataset):
+        raise ModelFitTypeError(
+            f"{what} is a Dataset; give a DataArray or an array (a Dataset of {what}, one per "
+            f"variable, goes with a Dataset input)"
+        )
     if isinstance(value, xr.DataArray):
         check_dims_of_data(value, obj, what)
         da = align_labels(value, obj, what)

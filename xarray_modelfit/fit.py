@@ -281,8 +281,11 @@ def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
     kwargs = {k: v for k, v in args.items() if k not in ("obj", "model", "dims", "select", "refit")}
     parts = []
     for name in names:
+        per_var = {k: _of_variable(kwargs[k], k, name, names) for k in ("weights", "mask")}
         try:
-            fitted = _fit_dataarray(ds[name], model, dims_t, **{**kwargs, "compute": False})
+            fitted = _fit_dataarray(
+                ds[name], model, dims_t, **{**kwargs, **per_var, "compute": False}
+            )
         except ModelFitError as exc:  # say which variable
             raise type(exc)(f"data variable {name!r}: {exc}") from exc
         parts.append(results.prefixed(fitted, f"{name}_"))
@@ -292,6 +295,18 @@ def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
         out = _compute(out, args["scheduler"], parts[0].attrs["engine"], args["progress"])
         out.attrs.update(results.counts(out, prefixes=[f"{n}_" for n in names]))
     return out
+
+
+def _of_variable(value, what: str, name, names):
+    """A Dataset of weights or masks gives each fitted variable its own."""
+    if not isinstance(value, xr.Dataset):
+        return value
+    if name not in value.data_vars:
+        raise ModelFitError(
+            f"{what} is a Dataset without the variable {name!r}; give one for every fitted "
+            f"variable {list(names)}, or one DataArray for all"
+        )
+    return value[name]
 
 
 def _chunked(obj: xr.DataArray, fit_dims, iter_dims, n_max: int) -> xr.DataArray:
