@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 from astropy.modeling import models
 
 from xarray_modelfit import ModelFitError, Status, modelfit
@@ -71,3 +72,27 @@ def test_refit_takes_one_model_and_a_dataarray(moving_lines):
         modelfit(cube, [models.Gaussian1D()], "velocity", refit="neighbours")
     with pytest.raises(ModelFitError, match="takes one model and a DataArray"):
         modelfit(cube.to_dataset(name="c"), models.Gaussian1D(), "velocity", refit="neighbours")
+
+
+def test_a_refit_that_finds_the_same_optimum_does_not_count_as_a_replacement():
+    """Seasonal cycles: 2 of 12 first fits stop at the iteration limit; others are outliers by
+    their phase (A, phi) vs (-A, phi + 1/2) but already optimal: only the 2 are replaced."""
+    import pandas as pd
+
+    rng = np.random.default_rng(2)
+    time = pd.date_range("2000-01-01", periods=120, freq="MS")
+    t = (time.values - time.values[0]).astype("timedelta64[D]").astype(float)
+    tas = (280 + 1e-3 * t[:, None, None] + 10 * np.sin(2 * np.pi * t / 365.25)[:, None, None]
+           + rng.normal(0, 0.3, (120, 4, 3)))  # fmt: skip
+    da = xr.DataArray(tas, dims=("time", "lat", "lon"),
+                      coords={"time": time, "lat": [10.0, 20, 30, 40], "lon": [0.0, 1, 2]})  # fmt: skip
+    model = models.Linear1D(0, 0) + models.Sine1D(1, 1 / 365.25, 0.0, fixed={"frequency": True})
+    first = modelfit(da, model, "time", scheduler="synchronous")
+    again = modelfit(da, model, "time", refit="neighbours", scheduler="synchronous")
+    stuck = first.fit_status.values == Status.MAX_ITERATIONS
+    assert stuck.sum() == 2
+    np.testing.assert_array_equal(again.fit_refit_pass.values > 0, stuck)
+    assert (again.fit_chi2.values[stuck] < 0.01 * first.fit_chi2.values[stuck]).all()
+    np.testing.assert_array_equal(
+        again.amplitude_1.values[~stuck], first.amplitude_1.values[~stuck]
+    )

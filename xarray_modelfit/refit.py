@@ -6,8 +6,8 @@ chi2 is an outlier among its neighbours' or the whole map's (more than
 than ``MAD_FACTOR`` robust standard deviations from their median). Suspect fits
 are fitted again starting from the median of the neighbouring good fits (a
 ``window`` wide box over the iterated dims, computed with dask's overlapping
-windows); a refit replaces the first answer only if it converged with a lower
-chi2 (or the first fit failed). Passes repeat while they improve something, up
+windows); a refit replaces the first answer only if it converged with a chi2 lower
+by more than ``CHI2_RTOL`` (or the first fit failed). Passes repeat while they improve something, up
 to ``max_passes`` (25; a lazy run does ``LAZY_PASSES``, as it cannot test
 for improvement between passes). ``fit_refit_pass`` records in which pass a fit was replaced
 (0: never) and ``fit_chi2_drop`` by how much its chi2 fell (NaN where the
@@ -28,6 +28,10 @@ REDCHI2_FACTOR = 3.0
 LAZY_PASSES = 4
 MAD_FACTOR = 5.0
 
+
+#: a refit replaces a converged fit only if its chi2 is lower by more than this
+#: fraction: the same optimum reached again differs in rounding only
+CHI2_RTOL = 1e-6
 
 def _nanmedian_last(values: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
@@ -137,7 +141,7 @@ def refit_neighbours(
             bad
             & (new["fit_status"] <= int(Status.CONVERGED_WITH_WARNINGS))
             & (
-                (new["fit_chi2"] < result["fit_chi2"])
+                (new["fit_chi2"] < result["fit_chi2"] * (1 - CHI2_RTOL))
                 | (result["fit_status"] > int(Status.CONVERGED_WITH_WARNINGS))
                 | result["fit_chi2"].isnull()
             )
