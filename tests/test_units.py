@@ -202,3 +202,31 @@ def test_accessor_uses_the_same_units(plain_cube):
     a = data.modelfit(model, "velocity", bounds={"mean": (-5, 5) * KMS}, **SYNC)
     b = xarray_modelfit.modelfit(data, model, "velocity", bounds={"mean": (-5, 5) * KMS}, **SYNC)
     xr.testing.assert_identical(a, b)
+
+
+def test_unparseable_data_units_are_a_label_for_a_model_without_units():
+    import xarray_modelfit
+
+    cube, truth = gaussian_cube(ny=1, nx=3, nchan=41)
+    plain = modelfit(cube.assign_attrs(units=None), models.Gaussian1D(2, 0, 1.2), "velocity",
+                     scheduler="synchronous")  # fmt: skip
+    salty = cube.assign_attrs(units="psu")
+    with pytest.warns(
+        xarray_modelfit.ModelFitWarning, match="'psu' is not a unit .* plain numbers"
+    ):
+        res = modelfit(salty, models.Gaussian1D(2, 0, 1.2), "velocity", scheduler="synchronous")
+    np.testing.assert_allclose(res.amplitude, plain.amplitude, rtol=1e-12)
+    np.testing.assert_allclose(res.amplitude, truth["amplitude"], atol=0.15)
+    with pytest.raises(ModelFitError, match="'furlongs-ish' is not a unit"):
+        modelfit(cube, models.Gaussian1D(2, 0, 1.2), "velocity", data_unit="furlongs-ish")
+    quantity_model = models.Gaussian1D(2 * u.K, 0 * u.km / u.s, 1.2 * u.km / u.s)
+    with pytest.raises(ModelFitError, match="'psu' is not a unit"):
+        modelfit(salty, quantity_model, "velocity", scheduler="synchronous")
+
+
+def test_cf_dimensionless_spellings():
+    from xarray_modelfit.units import parse_unit
+
+    assert parse_unit("ppm").to(u.one) == pytest.approx(1e-6)
+    assert parse_unit("ppbv").to(u.one) == pytest.approx(1e-9)
+    assert parse_unit("dimensionless") == u.dimensionless_unscaled

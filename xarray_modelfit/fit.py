@@ -297,6 +297,20 @@ def _fit_dataset(ds: xr.Dataset, model, dims, args: dict) -> xr.Dataset:
     return out
 
 
+def _data_unit(obj: xr.DataArray, model, data_unit, what: str):
+    """The data's unit; ``attrs["units"]`` astropy cannot parse are only a label for a
+    model without units (the fit is the same), so they warn instead of stopping the run."""
+    from xarray_modelfit.errors import warn
+
+    if data_unit is not None or model._has_units:
+        return parse_unit(data_unit if data_unit is not None else obj.attrs.get("units"), what=what)
+    try:
+        return parse_unit(obj.attrs.get("units"), what=what)
+    except ModelFitError as exc:
+        warn(f"{exc}; the data are fitted as plain numbers (data_unit= gives them a unit)")
+        return None
+
+
 def _of_variable(value, what: str, name, names):
     """A Dataset of weights or masks gives each fitted variable its own."""
     if not isinstance(value, xr.Dataset):
@@ -402,7 +416,7 @@ def _fit_dataarray(
     what = f"data {obj.name!r}" if obj.name is not None else "data"
     what += f" ({source})" if source else ""
     what += " data_unit" if data_unit is not None else " attrs['units']"
-    unit = parse_unit(data_unit if data_unit is not None else obj.attrs.get("units"), what=what)
+    unit = _data_unit(obj, model, data_unit, what)
     unitless, conversions, units_ctx = strip_model_units(
         model, [w.unit for w in worlds], unit, equivalencies
     )

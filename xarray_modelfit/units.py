@@ -20,6 +20,11 @@ from xarray_modelfit.errors import ModelFitError
 
 # CF / udunits spellings astropy does not read, token by token
 _ALIASES = {
+    "dimensionless": "",
+    "ppm": "1e-6",
+    "ppmv": "1e-6",
+    "ppb": "1e-9",
+    "ppbv": "1e-9",
     "degC": "deg_C",
     "degreeC": "deg_C",
     "degreesC": "deg_C",
