@@ -12,6 +12,7 @@ import shutil
 
 import astropy.units as u
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from astropy.modeling import custom_model, fix_inputs, models
@@ -348,3 +349,81 @@ def test_evaluate_with_duplicate_labels_on_an_iterated_dim():
     np.testing.assert_allclose(
         resid.transpose("x", "velocity").values, cube.T.values - ref, rtol=1e-9, atol=1e-12
     )
+
+
+def _gauss(amplitude, mean, stddev, x):
+    return amplitude * np.exp(-0.5 * ((x - mean) / stddev) ** 2)
+
+
+def test_evaluate_uses_the_pixel_index_when_the_fit_did():
+    """A coordinate da gained after a fit on the pixel index is not the fit's world input."""
+    pix = np.arange(41.0)
+    data = xr.DataArray(_gauss(1.0, 20.0, 3.0, pix) * np.array([[1.0], [2.0]]), dims=("row", "v"))
+    res = data.modelfit(models.Gaussian1D(1, 18, 2), "v", scheduler="synchronous")
+    assert json.loads(res.attrs["world_sources"]) == ["pixel index along 'v'"]
+    labelled = data.assign_coords(v=np.linspace(-5, 5, 41))  # same grid, labelled in km/s
+    curve = res.modelfit.evaluate(labelled)
+    ref = _gauss(
+        res.amplitude.values[:, None], res["mean"].values[:, None], res.stddev.values[:, None], pix
+    )
+    np.testing.assert_allclose(curve.transpose("row", "v").values, ref, rtol=1e-12)
+    np.testing.assert_allclose(res["mean"].values, 20.0, atol=1e-6)
+    np.testing.assert_array_equal(curve.v.values, labelled.v.values)  # da's coordinate is kept
+    assert float(abs(res.modelfit.residuals(labelled)).max()) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def repeated():
+    """Four spectra whose labels repeat: 1, 1, 2, 3 (amplitudes 1 to 4)."""
+    v = np.linspace(-5, 5, 41)
+    data = xr.DataArray(
+        np.stack([a * np.exp(-0.5 * v**2) for a in (1.0, 2.0, 3.0, 4.0)]),
+        dims=("pix", "v"),
+        coords={"pix": [1, 1, 2, 3], "v": v},
+    )
+    return data, data.modelfit(models.Gaussian1D(1, 0, 1), "v", scheduler="synchronous")
+
+
+def test_evaluate_subset_by_label_where_the_labels_are_unique(repeated):
+    data, res = repeated
+    sub = data.isel(pix=[3, 2])  # labels 3, 2: each one fit
+    curve = res.modelfit.evaluate(sub)
+    ref = _gauss(np.array([[4.0], [3.0]]), 0.0, 1.0, data.v.values)  # the true amplitudes
+    np.testing.assert_allclose(curve.transpose("pix", "v").values, ref, rtol=1e-8, atol=1e-12)
+    assert curve.pix.values.tolist() == [3, 2]
+
+
+def test_evaluate_refuses_repeated_or_unknown_labels(repeated):
+    data, res = repeated
+    for sub in [data.isel(pix=[1]), data.isel(pix=[3, 2, 1, 0])]:  # a subset, a reordering
+        with pytest.raises(
+            ModelFitError,
+            match=r"da's labels along 'pix' are not the result's, and some of them \(\[1\]\) "
+            "label more than one fitted position",
+        ):
+            res.modelfit.residuals(sub)
+    other = data.isel(pix=[3]).assign_coords(pix=[99])
+    with pytest.raises(
+        ModelFitError, match=r"da has 'pix' labels the result has no fit for: \[99\]"
+    ):
+        res.modelfit.evaluate(other)
+
+
+def test_evaluate_of_a_time_axis_fit_needs_times():
+    time = pd.date_range("2000-01-01", periods=24, freq="MS")
+    data = xr.DataArray(np.arange(24.0), dims="time", coords={"time": time}, attrs={"units": "K"})
+    res = data.modelfit(models.Linear1D(0, 0), "time", scheduler="synchronous")
+    days = [0.0, 365.0, 730.0]
+    numbers = xr.DataArray(
+        np.zeros(3), dims="time", coords={"time": ("time", days, {"units": "d"})}
+    )
+    with pytest.raises(
+        ModelFitError,
+        match=r"the fit's world input along 'time' was a time axis \(days since 2000-01-01"
+        r"T00:00:00\), but da's coordinate 'time' along it is not times \(dtype float64\)",
+    ):
+        res.modelfit.evaluate(numbers)
+    # numbers with CF units "days since" are times: slope per day times days, plus intercept
+    cf = numbers.assign_coords(time=("time", days, {"units": "days since 2000-01-01"}))
+    expected = float(res.slope) * np.array(days) + float(res.intercept)
+    np.testing.assert_allclose(res.modelfit.evaluate(cf).values, expected, rtol=1e-12)

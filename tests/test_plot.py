@@ -103,12 +103,65 @@ def test_plot_maps_dataset_fit(tmp_path):
     ds = xr.Dataset({"co": cube, "hcn": cube * 0.5})
     result = ds.modelfit(models.Gaussian1D(1.0, 0.0, 1.2), "velocity", scheduler="synchronous")
     fig = plot_maps(result, prefix="hcn_")
-    assert [ax.get_title() for ax in _panels(fig)] == ["amplitude", "mean", "stddev"]
+    assert [ax.get_title() for ax in _panels(fig)] == ["hcn: amplitude", "hcn: mean", "hcn: stddev"]
     np.testing.assert_array_equal(
         np.ma.filled(_panels(fig)[0].collections[0].get_array(), np.nan).reshape(2, 3),
         result["hcn_amplitude"].values,
     )
     assert len(_panels(plot_maps(result))) == 3  # first variable by default
+
+
+def _image(ax):
+    return np.ma.filled(ax.collections[0].get_array(), np.nan).reshape(2, 3)
+
+
+@pytest.fixture(scope="module")
+def two_variables():
+    """co and hcn = co / 2 (its fitted amplitude is half co's, the rest the same)."""
+    cube, _ = gaussian_cube(ny=2, nx=3, nchan=41, seed=4)
+    ds = xr.Dataset({"co": cube, "hcn": cube * 0.5})
+    return ds, ds.modelfit(models.Gaussian1D(1.0, 0.0, 1.2), "velocity", scheduler="synchronous")
+
+
+def test_plot_maps_full_names_mix_variables(two_variables):
+    _, result = two_variables
+    fig = plot_maps(result, ["hcn_amplitude", "co_amplitude", "co_fit_redchi2"])
+    panels = _panels(fig)
+    assert [ax.get_title() for ax in panels] == [
+        "hcn: amplitude",
+        "co: amplitude",
+        "co: fit_redchi2",
+    ]
+    assert [cb.get_ylabel() for cb in _colorbars(fig)][:2] == ["amplitude [K]", "amplitude [K]"]
+    np.testing.assert_allclose(_image(panels[0]), 0.5 * _image(panels[1]), rtol=1e-6)
+    assert fig._suptitle.get_text() == "hcn, co: fitted along velocity"
+    # bare names take prefix=, else the first variable's
+    fig = plot_maps(result, ["mean", "amplitude"], prefix="hcn_")
+    assert [ax.get_title() for ax in _panels(fig)] == ["hcn: mean", "hcn: amplitude"]
+    np.testing.assert_array_equal(_image(_panels(fig)[1]), result["hcn_amplitude"].values)
+    fig = plot_maps(result, ["amplitude"])
+    np.testing.assert_array_equal(_image(_panels(fig)[0]), result["co_amplitude"].values)
+    with pytest.raises(KeyError, match=r"no variables \['co_n2h_amplitude'\]"):
+        plot_maps(result, ["n2h_amplitude"])
+
+
+def test_plot_fit_of_one_variable_of_a_dataset_fit(two_variables):
+    ds, result = two_variables
+    with pytest.raises(
+        xarray_modelfit.ModelFitError,
+        match=r"data is a Dataset .*; pass one variable with its prefix, e\.g\. "
+        r"plot_fit\(data\['co'\], result, prefix='co_', \.\.\.\)",
+    ) as info:
+        plot_fit(ds, result, x=0, y=0)
+    assert isinstance(info.value, TypeError)
+    # the variable's own fit without prefix=: hcn's is half co's
+    hcn = plot_fit(ds["hcn"], result, x=2, y=1).axes[0]
+    co = plot_fit(ds["co"], result, x=2, y=1).axes[0]
+    fits = [{line.get_label(): line for line in ax.lines}["fit"].get_ydata() for ax in (hcn, co)]
+    np.testing.assert_allclose(fits[0], 0.5 * fits[1], rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(
+        fits[0], xarray_modelfit.evaluate(result, ds["hcn"], prefix="hcn_").isel(x=2, y=1).values
+    )
 
 
 def test_plot_maps_errors(fitted):

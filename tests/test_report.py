@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from astropy.modeling import models
@@ -59,3 +60,37 @@ def test_prefix_selects_one_variable_of_a_dataset(labelled):
     assert res.modelfit.failures().variable.tolist() == ["a", "b"]
     with pytest.raises(ModelFitError, match=r"prefix='c_' is not one of this result's"):
         res.modelfit.summary(prefix="c_")
+
+
+def test_failures_of_variables_with_different_iterated_dims():
+    """Each variable's failures at its own position; labels keep their dtype."""
+    v = np.linspace(-5, 5, 21)
+    line = np.exp(-0.5 * v**2)
+    a = line * np.ones((3, 1))
+    a[1] = np.nan  # y=20
+    b = line * np.ones((2, 1))
+    b[0] = np.nan  # t=2001-01-01
+    c = line * np.ones((2, 1))
+    c[1] = np.nan  # s="q"
+    time = np.array(["2001-01-01", "2002-01-01"], dtype="datetime64[ns]")
+    ds = xr.Dataset(
+        {"a": (("y", "v"), a), "b": (("t", "v"), b), "c": (("s", "v"), c)},
+        coords={"v": v, "y": [10, 20, 30], "t": time, "s": ["p", "q"]},
+    )
+    res = modelfit(ds, models.Gaussian1D(1, 0, 1), "v", scheduler="synchronous")
+    table = res.modelfit.failures()
+    assert list(table.columns) == ["variable", "y", "t", "s", "status", "meaning"]
+    assert table.variable.tolist() == ["a", "b", "c"]
+    assert table.status.tolist() == [int(Status.SKIPPED_NO_DATA)] * 3
+    assert table.y.tolist()[0] == 20 and table.y.isna().tolist() == [False, True, True]
+    assert table.y.dtype.kind == "i"  # 20, not 20.0
+    assert table.t.tolist()[1] == pd.Timestamp("2001-01-01") and table.t.dtype.kind == "M"
+    assert table.t.isna().tolist() == [True, False, True]
+    assert table.s.tolist()[2] == "q" and table.s.isna().tolist() == [True, True, False]
+    only_b = res.modelfit.failures(prefix="b_")
+    assert list(only_b.columns) == ["variable", "t", "status", "meaning"]
+    assert only_b.t.dtype == np.dtype("datetime64[ns]") and not only_b.t.isna().any()
+    # nothing failed: the same columns, the same label dtypes
+    empty = res.isel(y=[0], t=[1], s=[0]).modelfit.failures()
+    assert len(empty) == 0 and list(empty.columns) == list(table.columns)
+    assert empty.y.dtype == np.int64 and empty.t.dtype == np.dtype("datetime64[ns]")

@@ -118,3 +118,58 @@ def test_result_helpers_on_a_selection_result(tmp_path):
     fig = cube.modelfit.plot_fit(res, y=res.y.values[y], x=res.x.values[x])
     fig.savefig(tmp_path / "fit.png")
     assert (tmp_path / "fit.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def one_or_two():
+    """Columns x=0..2 hold one Gaussian, x=3..5 two; the fit picks by BIC."""
+    one, _ = gaussian_cube(2, 3, 100, n_components=1, noise=0.05, seed=1)
+    two, _ = gaussian_cube(2, 3, 100, n_components=2, noise=0.05, seed=2)
+    cube = xr.concat([one, two.assign_coords(x=np.arange(3, 6))], "x")
+    res = modelfit(cube, CANDIDATES[:2], "velocity", p0="auto", scheduler="synchronous")
+    return cube, res
+
+
+def _chosen_model(res, y, x, v):
+    """The closed form of the candidate chosen at label (y, x), from the parameter maps."""
+    point = res.sel(y=y, x=x)
+    comps = [""] if int(point.fit_model_index) == 0 else ["_0", "_1"]
+    return sum(
+        float(point[f"amplitude{c}"])
+        * np.exp(-0.5 * ((v - float(point[f"mean{c}"])) / float(point[f"stddev{c}"])) ** 2)
+        for c in comps
+    )
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_selection_evaluate_on_a_subset_of_positions(one_or_two, chunked):
+    """da covering some positions, reordered: each gets its own chosen model, by label."""
+    cube, res = one_or_two
+    sub = cube.isel(y=[1], x=[4, 0, 5])
+    assert sorted(res.fit_model_index.sel(y=sub.y, x=sub.x).values.ravel()) == [0, 1, 1]
+    if chunked:
+        sub = sub.chunk({"x": 1})
+    curve = res.modelfit.evaluate(sub)
+    resid = res.modelfit.residuals(sub)
+    assert curve.sizes == sub.sizes and (curve.chunks is not None) == chunked
+    v = cube.velocity.values
+    for x in sub.x.values:
+        y = int(sub.y[0])
+        ref = _chosen_model(res, y, x, v)
+        got = curve.sel(y=y, x=x).transpose("velocity").values
+        np.testing.assert_allclose(got, ref, rtol=1e-10, err_msg=f"x={x}")
+        np.testing.assert_allclose(
+            resid.sel(y=y, x=x).transpose("velocity").values,
+            sub.sel(y=y, x=x).transpose("velocity").values - ref,
+            rtol=1e-9,
+            atol=1e-12,
+        )
+
+
+def test_selection_refusals_share_one_message(one_or_two):
+    _, res = one_or_two
+    tail = r"model-selection result of 2 candidate models; pass candidate=k \(0 to 1\)"
+    with pytest.raises(ModelFitError, match=rf"no single model: it is a {tail}"):
+        res.modelfit.to_model()
+    with pytest.raises(ModelFitError, match=rf"candidate=-1 is not a candidate .*: it is a {tail}"):
+        res.modelfit.to_model(candidate=-1)

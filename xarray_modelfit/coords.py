@@ -215,7 +215,7 @@ def _one_input(obj: xr.DataArray, dim: Hashable, spec: Any, warn_calendar: bool 
         da = da.assign_attrs(units=spec.unit.to_string())
     elif isinstance(da.data, u.Quantity):  # a DataArray wrapping a Quantity: its unit counts
         da = da.copy(data=da.data.value).assign_attrs(units=da.data.unit.to_string())
-    kind = _time_kind(da, source)
+    kind = time_kind(da, source)
     if kind is not None:
         return _time_world(da, time or TimeAxis(), source, kind, warn_calendar)
     if time is not None:
@@ -262,7 +262,7 @@ def _is_missing(value: Any) -> bool:
     return value is None or (np.ndim(value) == 0 and bool(pd.isna(value)))
 
 
-def _time_kind(da: xr.DataArray, source: str) -> str | None:
+def time_kind(da: xr.DataArray, source: str) -> str | None:
     """``"datetime64"``, ``"cftime"``, ``"cf_numeric"`` (numbers in "<unit> since"), or None."""
     if np.issubdtype(da.dtype, np.datetime64):
         return "datetime64"

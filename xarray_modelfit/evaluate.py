@@ -8,7 +8,7 @@ import astropy.units as u
 import numpy as np
 import xarray as xr
 
-from xarray_modelfit.coords import INPUT_DIM, TimeAxis, is_pixel_source, world_inputs
+from xarray_modelfit.coords import INPUT_DIM, TimeAxis, is_pixel_source, time_kind, world_inputs
 from xarray_modelfit.errors import ModelFitError
 from xarray_modelfit.kernel.chunk import evaluate_chunk
 from xarray_modelfit.params import PARAM_DIM
@@ -22,6 +22,10 @@ def is_selection(result: xr.Dataset) -> bool:
     return "model_candidates" in result.attrs
 
 
+def _n_candidates(result: xr.Dataset) -> int:
+    return len(json.loads(result.attrs["model_candidates"]))
+
+
 def as_candidate(result: xr.Dataset, k: int) -> xr.Dataset:
     """A model-selection result seen as candidate ``k``'s own result.
 
@@ -30,10 +34,7 @@ def as_candidate(result: xr.Dataset, k: int) -> xr.Dataset:
     """
     candidates = json.loads(result.attrs["model_candidates"])
     if not 0 <= k < len(candidates):
-        raise ModelFitError(
-            f"candidate={k} is not a candidate of this result: it has {len(candidates)} "
-            f"(0 to {len(candidates) - 1})"
-        )
+        raise _candidate_error(f"candidate={k} is not a candidate of this result", len(candidates))
     names = json.loads(result.attrs["candidate_param_names"])[k]
     chosen = result["fit_model_index"] == k
     view = result.assign({n: result[n].where(chosen) for n in names})
@@ -42,14 +43,18 @@ def as_candidate(result: xr.Dataset, k: int) -> xr.Dataset:
     return view
 
 
+def _candidate_error(what: str, n: int) -> ModelFitError:
+    """The one message for a model-selection result used without a valid ``candidate=k``."""
+    return ModelFitError(
+        f"{what}: it is a model-selection result of {n} candidate models; pass candidate=k "
+        f"(0 to {n - 1}) for one of them"
+    )
+
+
 def _info(result: xr.Dataset, prefix: str):
     attrs = result.attrs
     if is_selection(result):
-        n = len(json.loads(attrs["model_candidates"]))
-        raise ModelFitError(
-            f"this is a model-selection result of {n} candidate models: pass candidate=k "
-            f"(0 to {n - 1}) for one of them"
-        )
+        raise _candidate_error("this result has no single model", _n_candidates(result))
     if "model" not in attrs:
         raise ModelFitError("this Dataset is not a modelfit result (no 'model' in its attrs)")
     names = json.loads(attrs["param_names"])
@@ -103,22 +108,28 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
 
     ``da`` supplies the coordinates of the fitting dims (it can be the data
     itself, or a DataArray on a finer grid) and is matched to the result's
-    iterated dims by name. Where the fit's world input was a coordinate or an
-    array, ``da`` must have a coordinate along that dim (the pixel index is
-    used only where the fit used it).
+    iterated dims by name: by position where its labels are the result's
+    (repeated labels too), else by label (a subset or reordering of the
+    fitted positions). Where the fit's world input was a coordinate or an
+    array, ``da`` must have a coordinate along that dim; where it was the
+    pixel index, the pixel index is used again, whatever coordinate ``da``
+    has.
 
     Raises
     ------
     ModelFitError
         If ``da`` lacks a fitting dim, or a coordinate along a fitting dim
-        whose world input was not the pixel index.
+        whose world input was not the pixel index, or times along one that was
+        a time axis; or if ``da``'s labels along an iterated dim are not
+        fitted positions, or are repeated in the result (so they do not say
+        which fit to use).
     """
     if is_selection(result):
-        n = len(json.loads(result.attrs["model_candidates"]))
+        chosen = _at_positions_of(da, result["fit_model_index"])
         out = None
-        for k in range(n):
+        for k in range(_n_candidates(result)):
             part = evaluate(as_candidate(result, k), da, prefix)
-            out = part if out is None else xr.where(result["fit_model_index"] == k, part, out)
+            out = part if out is None else xr.where(chosen == k, part, out)
         return out.assign_attrs(part.attrs).rename("model")
     names, model = _info(result, prefix)
     units = unit_attrs(result, prefix)
@@ -128,7 +139,10 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
     sources = json.loads(result.attrs.get("world_sources", "null")) or [None] * len(fit_dims)
     coords = {}
     for dim, origin, name, source in zip(fit_dims, origins, used, sources, strict=True):
-        _check_grid(da, dim, name, source)
+        _check_grid(da, dim, name, source, origin)
+        if source is not None and is_pixel_source(source):  # as the fit: not a coordinate of da
+            coords[dim] = np.arange(da.sizes[dim], dtype=np.float64)
+            continue
         # the coordinate the fit used, when it was not the dim's own and da has it
         name = name if name is not None and name != dim and name in da.coords else None
         if origin is not None:
@@ -148,13 +162,7 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
         values = [w.values for w in worlds]
     template = xr.DataArray(np.zeros([da.sizes[d] for d in fit_dims]), dims=fit_dims)
     world = xr.concat([xr.broadcast(v, template)[0] for v in values], dim=INPUT_DIM)
-    params = xr.concat([_plain(result[f"{prefix}{n}"]) for n in names], dim=PARAM_DIM)
-    shared = {d: da.indexes[d] for d in params.dims if d in da.indexes and d in params.indexes}
-    same = [d for d, index in shared.items() if index.equals(params.indexes[d])]
-    params = params.drop_vars(same)  # the same labels: by position (duplicate labels too)
-    shared = {d: index for d, index in shared.items() if d not in same}
-    if shared:
-        params = params.sel(shared)  # da may cover a subset of the fitted positions
+    params = _at_positions_of(da, xr.concat([result[f"{prefix}{n}"] for n in names], dim=PARAM_DIM))
     if da.chunks is not None:
         params = params.chunk({d: da.chunksizes[d] for d in params.dims if d in da.chunksizes})
     if params.chunks is not None:
@@ -185,8 +193,55 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
     return out
 
 
-def _check_grid(da: xr.DataArray, dim: str, name: str | None, source: str | None) -> None:
-    """``da`` has the fitting dim, and a coordinate along it unless the fit used the pixel index."""
+def _at_positions_of(da: xr.DataArray, var: xr.DataArray) -> xr.DataArray:
+    """``var`` (a map over the result's iterated dims) at ``da``'s positions.
+
+    Along a dim where ``da`` has the result's very labels, positions match by
+    place (duplicate labels too); where its labels differ (a subset, another
+    order), by label. The matched dims lose their index coordinates: ``var``
+    then lines up with ``da`` by position, and the output takes ``da``'s.
+    """
+    var = var.drop_vars([c for c in var.coords if c not in var.indexes])
+    shared = [d for d in var.dims if d in da.indexes and d in var.indexes]
+    positions = {}
+    for d in shared:
+        labels, index = da.indexes[d], var.indexes[d]
+        if labels.equals(index):
+            continue
+        repeated = index.duplicated(keep=False)
+        ambiguous = labels[labels.isin(index[repeated])].unique()
+        if len(ambiguous):
+            raise ModelFitError(
+                f"evaluate: da's labels along {d!r} are not the result's, and some of them "
+                f"({_some(ambiguous)}) label more than one fitted position, so they do not say "
+                f"which fit to use; give da the result's {d!r} labels in their order (evaluate "
+                f"on the fitted data, then select with .isel)"
+            )
+        found = index[~repeated].get_indexer(labels)
+        if (found < 0).any():
+            raise ModelFitError(
+                f"evaluate: da has {d!r} labels the result has no fit for: "
+                f"{_some(labels[found < 0])}; da's positions must be fitted positions"
+            )
+        positions[d] = np.flatnonzero(~repeated)[found]
+    if positions:
+        var = var.isel(positions)  # da may cover a subset of the fitted positions
+    return var.drop_vars(shared)
+
+
+def _some(labels) -> str:
+    """Up to five labels of a pandas Index, for a message."""
+    shown = [v.item() if hasattr(v, "item") else v for v in labels[:5]]
+    return f"{shown}{' ...' if len(labels) > 5 else ''}"
+
+
+def _check_grid(
+    da: xr.DataArray, dim: str, name: str | None, source: str | None, origin: str | None
+) -> None:
+    """``da`` has the fitting dim, and a coordinate along it unless the fit used the pixel index.
+
+    Along a dim the fit read as a time axis, that coordinate must hold times.
+    """
     if dim not in da.dims:
         raise ModelFitError(
             f"evaluate: da has dims {list(da.dims)}, without the fitting dim {dim!r}; give a "
@@ -195,6 +250,16 @@ def _check_grid(da: xr.DataArray, dim: str, name: str | None, source: str | None
     if source is None or is_pixel_source(source):
         return
     if dim in da.coords or (name is not None and name in da.coords):
+        if origin is not None:
+            coord = name if name is not None and name in da.coords else dim
+            values = xr.DataArray(da.coords[coord].variable)
+            if time_kind(values, f"da's coordinate {coord!r}") is None:
+                raise ModelFitError(
+                    f"evaluate: the fit's world input along {dim!r} was a time axis "
+                    f"({origin}), but da's coordinate {coord!r} along it is not times (dtype "
+                    f"{values.dtype}); give da datetime64 or cftime values (or numbers with "
+                    f"CF units '<unit> since <date>') along {dim!r}"
+                )
         return
     wanted = repr(dim) if name is None or name == dim else f"{name!r} or {dim!r}"
     raise ModelFitError(
@@ -203,11 +268,6 @@ def _check_grid(da: xr.DataArray, dim: str, name: str | None, source: str | None
         f"{source}, not the pixel index; give da a {dim!r} coordinate in the fit's world units "
         f"(da.assign_coords({{{dim!r}: values}}))"
     )
-
-
-def _plain(var: xr.DataArray) -> xr.DataArray:
-    """A parameter map without its non-index coordinates (index ones align positions)."""
-    return var.drop_vars([c for c in var.coords if c not in var.indexes])
 
 
 def residuals(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataArray:

@@ -40,6 +40,38 @@ def _default_prefix(result: xr.Dataset, prefix: str | None) -> str:
     return ""
 
 
+def _fitted_vars(result: xr.Dataset) -> list[str]:
+    """The variables of a Dataset fit (empty for a DataArray's result)."""
+    return json.loads(result.attrs.get("data_vars_fitted", "[]"))
+
+
+def _resolve(result: xr.Dataset, names: Sequence[str], prefix: str | None) -> list[str]:
+    """The result's variable for each name: ``{prefix}{name}``, or the name itself.
+
+    With ``prefix=`` given, bare parameter names get it first; without, a full
+    variable name (``"pr_slope"``) is taken as is and a bare one gets the first
+    fitted variable's prefix.
+    """
+    default = _default_prefix(result, prefix)
+    out, missing = [], []
+    for name in names:
+        tries = [f"{prefix}{name}", name] if prefix is not None else [name, f"{default}{name}"]
+        found = next((t for t in tries if t in result.data_vars), None)
+        (out if found is not None else missing).append(found or f"{default}{name}")
+    if missing:
+        raise KeyError(f"the result has no variables {missing}; it has {list(result.data_vars)}")
+    return out
+
+
+def _split(result: xr.Dataset, full: str) -> tuple[str | None, str]:
+    """``(variable, name)`` of a result variable: ``"pr_slope"`` -> ``("pr", "slope")``."""
+    owners = [v for v in _fitted_vars(result) if full.startswith(f"{v}_")]
+    if not owners:
+        return None, full
+    var = max(owners, key=len)
+    return var, full[len(var) + 1 :]
+
+
 def _label(da: xr.DataArray, name: str) -> str:
     unit = da.attrs.get("units")
     return f"{name} [{unit}]" if unit else name
@@ -62,7 +94,9 @@ def plot_maps(
         A modelfit result.
     params : sequence of str, optional
         Variables to draw; the model's parameters by default. Any variable of
-        the result works (``"mean_stderr"``, ``"fit_redchi2"``, ...).
+        the result works (``"mean_stderr"``, ``"fit_redchi2"``, ...). For the
+        result of a Dataset fit, full names mix variables
+        (``["pr_slope", "tas_slope"]``); bare names get ``prefix``.
     prefix : str, optional
         For the result of a Dataset fit, the ``"{var}_"`` prefix of the
         variable to draw (default: the first fitted variable).
@@ -78,30 +112,31 @@ def plot_maps(
     -------
     matplotlib.figure.Figure
         One axes per parameter (plus their colour bars), titled by the parameter
-        name; colour-bar labels carry the units. Maps over one iterated dim are
+        name (``"{var}: {name}"`` for a Dataset fit); colour-bar labels carry
+        the units. Maps over one iterated dim are
         drawn as lines, over none as the value with its standard error.
     """
     _check_result(result)
     plt = _pyplot()
-    prefix = _default_prefix(result, prefix)
     names = list(params) if params is not None else json.loads(result.attrs["param_names"])
     if not names:
         raise ValueError("params is empty: nothing to plot")
-    missing = [f"{prefix}{n}" for n in names if f"{prefix}{n}" not in result]
-    if missing:
-        raise KeyError(f"the result has no variables {missing}; it has {list(result.data_vars)}")
-    for name in names:
-        if result[f"{prefix}{name}"].ndim > 2:
+    full_names = _resolve(result, names, prefix)
+    for full in full_names:
+        if result[full].ndim > 2:
             raise ValueError(
-                f"{prefix}{name} has {result[f'{prefix}{name}'].ndim} dims "
-                f"{list(result[f'{prefix}{name}'].dims)}; select a 2-d slice first "
-                "(result.isel(...)) or plot it with xarray"
+                f"{full} has {result[full].ndim} dims {list(result[full].dims)}; select a 2-d "
+                "slice first (result.isel(...)) or plot it with xarray"
             )
-    ncols = max(1, min(ncols, len(names)))
-    nrows = int(np.ceil(len(names) / ncols))
+    ncols = max(1, min(ncols, len(full_names)))
+    nrows = int(np.ceil(len(full_names) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows), squeeze=False)
-    for ax, name in zip(axes.ravel(), names, strict=False):
-        da = result[f"{prefix}{name}"]
+    shown: list[str] = []
+    for ax, full in zip(axes.ravel(), full_names, strict=False):
+        da = result[full]
+        var, name = _split(result, full)
+        if var is not None and var not in shown:
+            shown.append(var)
         label = _label(da, name)
         if da.ndim == 2:
             da.plot(ax=ax, robust=robust, cbar_kwargs={"label": label}, **kwargs)
@@ -109,16 +144,16 @@ def plot_maps(
             da.plot(ax=ax, **kwargs)
             ax.set_ylabel(label)
         else:
-            err = result.get(f"{prefix}{name}_stderr")
+            err = result.get(f"{full}_stderr")
             text = f"{float(da):.6g}"
             if err is not None:
                 text += f" ± {float(err):.2g}"
             ax.text(0.5, 0.5, f"{text} {da.attrs.get('units', '')}", ha="center", va="center")
             ax.set_axis_off()
-        ax.set_title(name)
-    for ax in axes.ravel()[len(names) :]:
+        ax.set_title(name if var is None else f"{var}: {name}")
+    for ax in axes.ravel()[len(full_names) :]:
         ax.remove()
-    data_name = result.attrs.get("data_name") or prefix.rstrip("_")
+    data_name = result.attrs.get("data_name") or ", ".join(shown)
     if data_name:
         fig.suptitle(f"{data_name}: fitted along {', '.join(json.loads(result.attrs['fit_dims']))}")
     fig.tight_layout()
@@ -187,12 +222,13 @@ def plot_fit(
     ----------
     data : DataArray
         The data that was fitted (or any DataArray on the same iterated dims;
-        its fitting-dim coordinates are the x axis).
+        its fitting-dim coordinates are the x axis). For a Dataset fit, one
+        variable of it (``ds["tas"]``).
     result : Dataset
         The modelfit result.
     prefix : str, optional
-        For a Dataset fit, the ``"{var}_"`` prefix (default: the first fitted
-        variable).
+        For a Dataset fit, the ``"{var}_"`` prefix (default: the data's name
+        when it is a fitted variable, else the first fitted variable).
     components : bool
         Also draw each component of a compound model built with ``+``
         (evaluated with its fitted parameters).
@@ -212,9 +248,19 @@ def plot_fit(
     """
     _check_result(result)
     plt = _pyplot()
+    from xarray_modelfit.errors import ModelFitTypeError
     from xarray_modelfit.evaluate import as_candidate, evaluate, is_selection
     from xarray_modelfit.kernel.status import STATUS_TABLE, Status
 
+    if isinstance(data, xr.Dataset):
+        fitted = _fitted_vars(result) or [str(v) for v in data.data_vars][:1] or ["var"]
+        raise ModelFitTypeError(
+            f"plot_fit draws one variable, but data is a Dataset (variables "
+            f"{list(map(str, data.data_vars))}); pass one variable with its prefix, e.g. "
+            f"plot_fit(data[{fitted[0]!r}], result, prefix={fitted[0] + '_'!r}, ...)"
+        )
+    if prefix is None and data.name is not None and str(data.name) in _fitted_vars(result):
+        prefix = f"{data.name}_"  # the data's own variable of a Dataset fit
     prefix = _default_prefix(result, prefix)
     fit_dims = json.loads(result.attrs["fit_dims"])
     if len(fit_dims) != 1:

@@ -33,6 +33,7 @@ MAD_FACTOR = 5.0
 #: fraction: the same optimum reached again differs in rounding only
 CHI2_RTOL = 1e-6
 
+
 def _nanmedian_last(values: np.ndarray) -> np.ndarray:
     with np.errstate(all="ignore"):
         import warnings

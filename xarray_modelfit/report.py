@@ -76,14 +76,18 @@ def failures(result: xr.Dataset, prefix: str | None = None):
     """A table (pandas DataFrame) of the fits that failed or were skipped.
 
     One row per fit, with its position by label, ``status`` and ``meaning``;
-    the columns are there even when nothing failed.
+    the columns are there even when nothing failed. For a Dataset's result
+    whose variables have different iterated dims, the position columns are
+    the union of them (in order of appearance), empty (NaN, NaT, <NA> or None)
+    where a variable lacks that dim; labels keep their dtype.
     """
     import pandas as pd
 
-    rows = []
     prefixes = _check_prefix(result, prefix)
-    status = result[f"{prefixes[0]}fit_status"]
-    columns = ["variable", *status.dims, "status", "meaning"]
+    dims: list = []
+    for pre in prefixes:
+        dims += [d for d in result[f"{pre}fit_status"].dims if d not in dims]
+    rows = []
     for pre in prefixes:
         status = result[f"{pre}fit_status"]
         bad = status >= int(FIRST_FAILURE)
@@ -96,4 +100,33 @@ def failures(result: xr.Dataset, prefix: str | None = None):
             row.update(dict(zip(status.dims, index, strict=True)))
             row.update(status=int(code), meaning=STATUS_TABLE[Status(int(code))][0])
             rows.append(row)
-    return pd.DataFrame(rows, columns=columns)
+    columns = {"variable": _text_column([r["variable"] for r in rows])}
+    for d in dims:
+        dtype = result[d].dtype if d in result.coords else np.dtype(np.int64)
+        columns[d] = _label_column([r.get(d) for r in rows], dtype)
+    columns["status"] = pd.Series([r["status"] for r in rows], dtype=np.int64)
+    columns["meaning"] = _text_column([r["meaning"] for r in rows])
+    return pd.DataFrame(columns)
+
+
+def _label_column(values: list, dtype: np.dtype):
+    """Labels of one dim as a column of their own dtype; None where a row lacks the dim.
+
+    Integers and booleans with gaps become pandas' nullable ``Int64``/``boolean``
+    (a float column would turn labels 10, 20 into 10.0, 20.0).
+    """
+    import pandas as pd
+
+    if any(v is None for v in values) and dtype.kind in "iub":
+        nullable = "boolean" if dtype.kind == "b" else dtype.name.capitalize().replace("Ui", "UI")
+        return pd.Series(pd.array(values, dtype=nullable))
+    if dtype.kind in "iufbMm":
+        return pd.Series(values, dtype=dtype)
+    return _text_column(values)
+
+
+def _text_column(values: list):
+    """Strings (or other objects) as pandas infers them; ``object`` when there are none."""
+    import pandas as pd
+
+    return pd.Series(values, dtype=None if values else object)
