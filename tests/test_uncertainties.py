@@ -100,3 +100,22 @@ def test_diagnostics_survive_netcdf(data, tmp_path):
     back = load_result(tmp_path / "r.nc")
     xr.testing.assert_identical(back, res)
     assert back.fit_status.attrs["flag_meanings"].split()[0] == "converged"
+
+
+def test_linear_fitter_uncertainties_on_both_engines_equal_polyfit():
+    """The loop engine reads LinearLSQFitter(calc_uncertainties=True)'s cov_matrix, as astropy
+    asks for it; the batched linear engine always gives them. Both equal np.polyfit's."""
+    x = np.linspace(0, 10, 40)
+    rng = np.random.default_rng(1)
+    y = xr.DataArray(1 + 0.5 * x + rng.normal(0, 0.3, (3, 40)), dims=("p", "x"), coords={"x": x})
+    kw = {"scheduler": "synchronous"}
+    loop = modelfit(y, models.Polynomial1D(2), "x", engine="loop",
+                    fitter=fitting.LinearLSQFitter(calc_uncertainties=True), **kw)  # fmt: skip
+    batched = modelfit(y, models.Polynomial1D(2), "x", engine="batched",
+                       fitter=fitting.LinearLSQFitter(), **kw)  # fmt: skip
+    for i in range(3):
+        coef, cov = np.polyfit(x, y.values[i], 2, cov=True)
+        ref = np.sqrt(np.diag(cov))[::-1]  # polyfit: highest power first
+        for res in (loop, batched):
+            got = [float(res[f"c{k}_stderr"][i]) for k in range(3)]
+            np.testing.assert_allclose(got, ref, rtol=1e-8)

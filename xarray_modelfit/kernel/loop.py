@@ -90,11 +90,14 @@ def _singular(fitter, model, x, params, free, weights) -> bool:
     return rank_deficient(jac)
 
 
-def _covariance(fitter) -> np.ndarray | None:
+def _covariance(fitter, fitted, old_cov) -> np.ndarray | None:
+    """The fitter's covariance: ``fit_info["param_cov"]`` of the non-linear fitters, or the
+    ``cov_matrix`` that ``LinearLSQFitter(calc_uncertainties=True)`` puts on the model."""
     info = getattr(fitter, "fit_info", None)
     if isinstance(info, dict) and info.get("param_cov") is not None:
         return np.asarray(info["param_cov"], dtype=float)
-    return None
+    cov = getattr(fitted, "cov_matrix", None)
+    return None if cov is None or cov is old_cov else np.asarray(cov.cov_matrix, dtype=float)
 
 
 def fit_loop(block: FitBlock, setup: EngineSetup) -> BlockResult:
@@ -123,6 +126,7 @@ def fit_loop(block: FitBlock, setup: EngineSetup) -> BlockResult:
                 pinned.append(param)
             param.bounds = (None if np.isneginf(lo) else lo, None if np.isposinf(hi) else hi)
         free = _free_indices(model)
+        old_cov = getattr(model, "cov_matrix", None)  # a fitter that computes one sets a new one
         error, caught, fitted = "", [], None
         try:
             with warnings.catch_warnings(record=True) as caught:
@@ -150,7 +154,7 @@ def fit_loop(block: FitBlock, setup: EngineSetup) -> BlockResult:
             result.params[i] = params
             result.chi2[i] = chi2
             result.nfev[i] = _nfev(fitter)
-            cov = _covariance(fitter)
+            cov = _covariance(fitter, fitted, old_cov)
             if cov is not None and cov.shape == (len(free), len(free)):
                 result.stderr[i, free] = np.sqrt(np.abs(np.diag(cov)))
                 if result.covariance is not None:
