@@ -111,9 +111,12 @@ def modelfit(
         keeps peak components on the axes: positions within the range of the
         coordinate, widths from half a channel to its span (amplitudes stay
         open); ``fit_at_bound`` then shows the fits that ended on one.
-    weights, mask : DataArray or array, optional
-        ``1/sigma`` weights and a boolean mask (True = excluded), broadcastable
-        to the data.
+    weights, mask : DataArray, array or Dataset, optional
+        ``1/sigma`` weights and a boolean mask (True = excluded). A DataArray
+        is matched to the data by dim name and label; a plain array by shape
+        (the data's, the fitting dims', or numpy broadcasting against the
+        data's trailing dims); a Dataset, for a Dataset input, gives each
+        variable its own.
     skipna : bool
         Leave NaN/inf points out of each fit (default) instead of failing it.
     data_unit : str or astropy Unit, optional
