@@ -326,6 +326,7 @@ def trf(
     ftol, xtol, gtol, maxfev = opts["ftol"], opts["xtol"], opts["gtol"], opts["maxfev"]
     q0 = _strictly_feasible(q0, lo, hi, 1e-10)
     s = _start(ev, q0, messages)
+    out["A0"] = s.A.copy()  # J^T J at the start, for the caller's conditioning check
     s.lo, s.hi, s.pin = lo, hi, ev.pinned
     bounded = np.any((np.isfinite(lo) | np.isfinite(hi)) & ~s.pin, axis=1)
     s.mrows = nval + np.where(bounded, K, 0)
@@ -448,6 +449,7 @@ def minpack(
     out = _outputs(n, K, q0)
     ftol, xtol, gtol, maxfev = opts["ftol"], opts["xtol"], opts["gtol"], opts["maxfev"]
     s = _start(ev, q0, messages)
+    out["A0"] = s.A.copy()  # J^T J at the start, for the caller's conditioning check
     cn = np.sqrt(np.einsum("nkk->nk", s.A)) / s.sig[:, None]
     s.diag = np.where(cn > 0, cn, 1.0)
     s.free = ~ev.pinned

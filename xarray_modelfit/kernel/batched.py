@@ -277,16 +277,17 @@ def fit_batched(block: FitBlock, setup: EngineSetup) -> BlockResult:
         if prob.clip:
             out["q"] = np.clip(out["q"], data.lo, data.hi)
         _finalise(prob, data, out, res, weighted=block.weights is not None)
-        ill.append(data.rows[_ill_scaled(out["A"])])
+        ill.append(data.rows[_ill_scaled(out["A0"])])
     res.messages.update(prob.failed)
     return _refit_by_loop(block, setup, res, np.concatenate(ill) if ill else rows[:0])
 
 
 #: the normal equations resolve eigenvalues down to about eps x the largest: a
 #: J^T J whose condition number passes this, with correlated columns (a cubic
-#: in days since 1800: about 1e32), is handed to the fitter itself, whose SVD of J
-#: does not square the condition number; a badly scaled but uncorrelated one
-#: (a Gaussian on data of 1e30) is solved well here
+#: in days since 1800: about 1e32) at the initial values is handed to the fitter
+#: itself, whose SVD of J does not square the condition number; a badly scaled
+#: but uncorrelated one (a Gaussian on data of 1e30) is solved well here, and so
+#: are fits that only become degenerate on the way (a line running off the axis)
 _ILL_CONDITIONED = 1e24
 _CORRELATED = 10.0
 
