@@ -190,3 +190,12 @@ def test_dataset_flags_are_left_out_and_errors_name_the_variable(data):
     bad = ds.assign(z=data.astype(complex))
     with pytest.raises(ModelFitTypeError, match="data variable 'z': data must be real numbers"):
         modelfit(bad, G, "velocity", scheduler="synchronous")
+
+
+def test_bounds_that_pin_every_free_parameter(data):
+    bounds = {"amplitude": (1, 1), "mean": (0, 0), "stddev": (1.5, 1.5)}
+    with pytest.raises(ModelFitError, match="bounds pin every free parameter"):
+        modelfit(data, G, "velocity", bounds=bounds, scheduler="synchronous")
+    one_open = {"amplitude": (1, 1), "mean": (0, 0)}  # stddev still free: fitted
+    res = modelfit(data, G, "velocity", bounds=one_open, scheduler="synchronous")
+    assert (res.amplitude == 1).all() and np.isfinite(res.stddev).all()

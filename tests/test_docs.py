@@ -256,6 +256,11 @@ ERRORS = {
         ModelFitError,
         "there is nothing to fit",
     ),
+    "lower == upper for every free parameter": (
+        lambda: _fit(bounds={"amplitude": (1, 1), "mean": (0, 0), "stddev": (1, 1)}),
+        ModelFitError,
+        "bounds pin every free parameter",
+    ),
     "a misspelt `fitter_kwargs` key": (
         lambda: _fit(fitter_kwargs={"maxiterations": 5}),
         ModelFitError,

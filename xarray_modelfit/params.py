@@ -163,7 +163,18 @@ def bounds_arrays(
             )
         lows.append(lo_da)
         highs.append(hi_da)
+    _check_something_free(model, lows, highs)
     return _stack(lows, model.param_names), _stack(highs, model.param_names)
+
+
+def _check_something_free(model, lows, highs) -> None:
+    """Equal bounds pin a parameter; if they pin every free one everywhere, nothing is fitted."""
+    free = [j for j, n in enumerate(model.param_names) if not model.fixed[n] and not model.tied[n]]
+    if free and all(bool((lows[j] == highs[j]).all()) for j in free):
+        raise ModelFitError(
+            "bounds pin every free parameter (lower == upper everywhere): there is nothing "
+            "to fit (use .modelfit.evaluate on a result, or widen a bound)"
+        )
 
 
 def _bound(value, open_value, what, unit, iter_dims, iter_shape) -> xr.DataArray:
