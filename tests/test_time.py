@@ -461,3 +461,20 @@ def test_evaluate_uses_the_named_time_coordinate():
         **{"engine": "loop", "scheduler": "synchronous", "fitter_kwargs": TIGHT},
     )
     np.testing.assert_allclose(res.modelfit.evaluate(data).transpose(*da.dims), da, atol=1e-8)
+
+
+def test_evaluate_on_another_calendar_warns_and_the_same_calendar_does_not():
+    tc = xr.date_range("2000-01-01", periods=36, freq="MS", calendar="noleap", use_cftime=True)
+    days = np.asarray(cftime.date2num(list(tc), "days since 2000-01-01", calendar="noleap"), float)
+    s = xr.DataArray(3 * np.sin(2 * np.pi * days / 365), dims="time", coords={"time": tc})
+    fit = s.modelfit(models.Sine1D(1, 1 / 365, 0, fixed={"frequency": True}), "time",
+                     scheduler="synchronous")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", xarray_modelfit.ModelFitWarning)
+        same = fit.modelfit.evaluate(s)
+    np.testing.assert_allclose(same.values, s.values, atol=1e-6)
+    other = xr.date_range("2000-01-01", periods=36, freq="MS", calendar="360_day", use_cftime=True)
+    with pytest.warns(
+        xarray_modelfit.ModelFitWarning, match="'noleap' calendar, da's is in the '360_day'"
+    ):
+        fit.modelfit.evaluate(s.assign_coords(time=other))

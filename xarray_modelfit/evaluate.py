@@ -150,6 +150,8 @@ def evaluate(result: xr.Dataset, da: xr.DataArray, prefix: str = "") -> xr.DataA
         elif name is not None:
             coords[dim] = name
     worlds = world_inputs(da, fit_dims, coords, warn_calendar=False)
+    for dim, origin, world in zip(fit_dims, origins, worlds, strict=True):
+        _check_calendar(dim, origin, world.time_origin)
     if int(units.get("model_has_units", 0)):
         targets = json.loads(units["model_input_units"])
         values = []
@@ -233,6 +235,28 @@ def _some(labels) -> str:
     """Up to five labels of a pandas Index, for a message."""
     shown = [v.item() if hasattr(v, "item") else v for v in labels[:5]]
     return f"{shown}{' ...' if len(labels) > 5 else ''}"
+
+
+_GREGORIAN = {"standard", "gregorian", "proleptic_gregorian"}
+
+
+def _calendar(origin: str | None) -> str:
+    """The calendar recorded in a time origin (``"... (noleap)"``); datetime64 is Gregorian."""
+    name = origin.rsplit(" (", 1)[1].rstrip(")") if origin and " (" in origin else "standard"
+    return "standard" if name in _GREGORIAN else name
+
+
+def _check_calendar(dim, fitted: str | None, here: str | None) -> None:
+    """Day counts differ between calendars: the same dates give other world values."""
+    if fitted is None or here is None or _calendar(fitted) == _calendar(here):
+        return
+    from xarray_modelfit.errors import warn
+
+    warn(
+        f"evaluate: the fit's time axis along {dim!r} is in the {_calendar(fitted)!r} calendar, "
+        f"da's is in the {_calendar(here)!r} calendar; the same dates are other day counts, "
+        f"so the model is shifted (convert da's times to the fit's calendar)"
+    )
 
 
 def _check_grid(
