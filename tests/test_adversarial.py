@@ -75,6 +75,9 @@ class TestTable:
     def test_extreme_magnitudes_with_a_start_on_their_scale(self, engine, scale):
         p0 = {"amplitude": xr.DataArray([1.5 * scale, 1.5], dims="p")}
         res = fit(GOOD * scale, engine, p0=p0)
+        if scale > 1:  # beyond 1e16 the convergence tests are unreliable: always flagged
+            assert status(res) == Status.CONVERGED_WITH_WARNINGS
+            return
         if status(res) == Status.CONVERGED_WITH_WARNINGS:
             # the fitter's convergence tests passed at the start (scipy's absolute gtol on
             # ~1e-30 data, astropy's relative tests on ~1e30): flagged, parameters unchanged

@@ -10,6 +10,7 @@ import xarray as xr
 from astropy.modeling import custom_model, fitting, models
 
 from xarray_modelfit import Status, modelfit
+from xarray_modelfit.testing import gaussian_cube
 
 V = np.linspace(-5, 5, 30)
 LINE = 2 * np.exp(-0.5 * ((V - 0.5) / 1.1) ** 2) + np.random.default_rng(3).normal(0, 0.01, 30)
@@ -54,3 +55,17 @@ def test_each_status_code(engine):
     assert run(LINE[:2].tolist() + [np.nan] * 28, engine) == Status.SKIPPED_TOO_FEW_POINTS
     assert run(np.full(30, np.nan), engine) == Status.SKIPPED_NO_DATA
     assert run(LINE, engine, mask=np.ones(30, bool)) == Status.SKIPPED_MASKED
+
+
+@pytest.mark.parametrize("engine", ["batched", "loop"])
+def test_huge_data_is_flagged_with_advice(engine):
+    """A Gaussian cube x 1e20 with a start on that scale: astropy's fitters and the batched
+    engine can both stop at wrong parameters while reporting convergence; every fit is
+    flagged (its message says to rescale). The same cube unscaled converges cleanly."""
+    cube, _ = gaussian_cube(ny=2, nx=3, nchan=40)
+    plain = modelfit(cube, models.Gaussian1D(2, 0, 1.2), "velocity", engine=engine,
+                     scheduler="synchronous")  # fmt: skip
+    assert (plain.fit_status == Status.CONVERGED).all()
+    big = modelfit(cube * 1e20, models.Gaussian1D(2e20, 0, 1.2), "velocity", engine=engine,
+                   scheduler="synchronous", preflight=False)  # fmt: skip
+    assert (big.fit_status == Status.CONVERGED_WITH_WARNINGS).all()

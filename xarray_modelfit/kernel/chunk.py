@@ -174,12 +174,16 @@ def run_engine(block: FitBlock, plan: FitPlan) -> BlockResult:
     if not block.active.any():
         return BlockResult.empty(block.n, layout.n_params, layout.covariance)
     if plan.engine == "loop":
-        return _flag_unmoved(block, _engine("loop")(block, plan.setup), plan.setup)
+        return _flag_huge(
+            block, _flag_unmoved(block, _engine("loop")(block, plan.setup), plan.setup)
+        )
     try:
         result = _engine(plan.engine)(block, plan.setup)
     except Exception:
-        return _flag_unmoved(block, _engine("loop")(block, plan.setup), plan.setup)
-    result = _flag_unmoved(block, result, plan.setup)
+        return _flag_huge(
+            block, _flag_unmoved(block, _engine("loop")(block, plan.setup), plan.setup)
+        )
+    result = _flag_huge(block, _flag_unmoved(block, result, plan.setup))
     if plan.setup.diagnostics is not None:
         _write_diagnostics(block, result, plan.setup)
     return result
@@ -207,6 +211,32 @@ def _flag_unmoved(block: FitBlock, result: BlockResult, setup: EngineSetup) -> B
         result.messages[int(i)] = (
             "stopped at the initial values: the convergence tests passed without any step "
             "(check the scale of the data and the initial values)"
+        )
+    return result
+
+
+#: weighted data beyond this: the fitters' convergence tests (partly absolute) are unreliable
+HUGE_DATA = 1e16
+
+
+def _flag_huge(block: FitBlock, result: BlockResult) -> BlockResult:
+    """A fit of data beyond ``HUGE_DATA`` is not reported as a clean convergence.
+
+    On a Gaussian cube scaled by 1e18-1e30, both astropy's fitters and the batched
+    engine stop at wrong parameters while reporting convergence: the fit is
+    flagged, and the message says to rescale the data.
+    """
+    y = np.where(block.valid, np.abs(block.y), 0.0)
+    if block.weights is not None:
+        y = y * np.where(block.valid, np.abs(block.weights), 0.0)
+    with np.errstate(invalid="ignore"):
+        peak = np.nanmax(np.where(np.isfinite(y), y, 0.0), axis=1, initial=0.0)
+    huge = block.active & (peak > HUGE_DATA) & (result.status == Status.CONVERGED)
+    for i in np.flatnonzero(huge):
+        result.status[i] = Status.CONVERGED_WITH_WARNINGS
+        result.messages[int(i)] = (
+            f"the (weighted) data reach {peak[i]:.3g}: beyond {HUGE_DATA:g} the convergence "
+            "tests of the fitters are unreliable; rescale the data (e.g. data_unit=...)"
         )
     return result
 
