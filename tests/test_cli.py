@@ -206,3 +206,17 @@ def test_console_script_missing_file(tmp_path):
     )
     assert proc.returncode == 1
     assert "no such file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_fit_refuses_to_write_over_its_input_or_into_a_file(tmp_path, capsys):
+    """Checked before fitting: the zarr input survives."""
+    cube, _ = gaussian_cube(ny=2, nx=2)
+    cube.to_dataset(name="intensity").to_zarr(tmp_path / "cube.zarr")
+    code = cli.main(["fit", str(tmp_path / "cube.zarr"), "--dim", "velocity",
+                     "--out", str(tmp_path / "cube.zarr")])  # fmt: skip
+    assert code == 2 and "is the input cube" in capsys.readouterr().err
+    assert "intensity" in xr.open_zarr(tmp_path / "cube.zarr")
+    (tmp_path / "notes.nc").write_text("a file")
+    code = cli.main(["fit", str(tmp_path / "cube.zarr"), "--dim", "velocity",
+                     "--out", str(tmp_path / "notes.nc" / "p.nc")])  # fmt: skip
+    assert code == 2 and "is a file, not a folder" in capsys.readouterr().err

@@ -26,6 +26,17 @@ def _output_kind(path: Path, what: str, suffixes: tuple[str, ...]) -> None:
         raise _UsageError(f"{what} {str(path)!r} must end with {' or '.join(suffixes)}")
 
 
+def _check_writable(path: Path, what: str, source: Path) -> None:
+    """Before any fitting: the output is not the input, and its folder can hold it."""
+    if path.resolve() == source.resolve():
+        raise _UsageError(f"{what} {str(path)!r} is the input cube; give another path")
+    for parent in path.resolve().parents:  # the first existing ancestor must be a folder
+        if parent.exists():
+            if not parent.is_dir():
+                raise _UsageError(f"{what} {str(path)!r}: {str(parent)!r} is a file, not a folder")
+            break
+
+
 def _write_outputs(result, out: Path, plot: Path | None) -> None:
     from xarray_modelfit.io import save_result
 
@@ -151,6 +162,9 @@ def fit(args) -> int:
     if plot is not None:
         _output_kind(plot, "--plot", (".png", ".pdf", ".svg"))
     path = Path(args.cube)
+    _check_writable(out, "--out", path)
+    if plot is not None:
+        _check_writable(plot, "--plot", path)
     cube = open_cube(path, variable=args.variable)
     if args.dim not in cube.dims:
         raise _UsageError(f"{path} has no dim {args.dim!r}; its dims are {list(cube.dims)}")
