@@ -96,3 +96,12 @@ def test_a_refit_that_finds_the_same_optimum_does_not_count_as_a_replacement():
     np.testing.assert_array_equal(
         again.amplitude_1.values[~stuck], first.amplitude_1.values[~stuck]
     )
+
+
+def test_refit_of_an_empty_map_is_an_empty_result():
+    cube, _ = gaussian_cube(ny=4, nx=4, nchan=30)
+    empty = cube.isel(y=slice(0, 0))
+    res = modelfit(empty, models.Gaussian1D(2, 0, 1.2), "velocity", refit="neighbours")
+    plain = modelfit(empty, models.Gaussian1D(2, 0, 1.2), "velocity")
+    assert res.sizes == plain.sizes and res.amplitude.size == 0
+    assert {"fit_refit_pass", "fit_chi2_drop"} <= set(res.data_vars)

@@ -220,6 +220,11 @@ def _fit_with_refit(obj: xr.DataArray, model, dims, refit: str, kwargs: dict) ->
     scheduler = kwargs["scheduler"] or default_scheduler(first.attrs["engine"])
     if eager:
         first = _compute(first, scheduler, first.attrs["engine"], kwargs["progress"])
+    if first["fit_status"].size == 0:  # nothing fitted: no neighbours, the same empty layout
+        return first.assign(
+            fit_refit_pass=xr.zeros_like(first["fit_status"]),
+            fit_chi2_drop=xr.zeros_like(first["fit_chi2"]),
+        )
     user_mask = kwargs["mask"]
     fit_dims = normalise_dims(dims)
 
