@@ -50,15 +50,25 @@ RESULT_ARGS = (
 )
 #: arrays up to this size are recorded as values (readable in the error), larger ones as a hash
 _LISTED = 8
-#: a lazy array is fingerprinted by this many values at each end (8 MB of float64)
+#: a lazy array that is not a dask array is fingerprinted by about this many values at each end
 _SAMPLE = 2**20
+#: a region holds at most this many chunks of the split dim (computed together, so a parallel
+#: scheduler has work for several workers), and fewer when the dim has fewer than
+#: ``REGION_CHUNKS**2`` chunks, so that there are at least ``REGION_CHUNKS`` regions to resume from
+#: whenever the dim has that many chunks
+REGION_CHUNKS = 4
 
 
 def _regions(ds: xr.Dataset, dim: Hashable, size: int) -> list[slice]:
+    """Runs of whole chunks along ``dim``: see :data:`REGION_CHUNKS`."""
     chunks = ds.chunksizes.get(dim)
-    edges = np.cumsum((0,) + tuple(chunks)) if chunks else np.arange(0, size + 1)
-    # group chunks so that a region holds at least one chunk and the edges match chunks
-    return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    edges = np.cumsum((0,) + tuple(chunks)) if chunks else np.array([0, size])
+    n = len(edges) - 1
+    per_region = min(REGION_CHUNKS, max(1, n // REGION_CHUNKS))
+    cuts = edges[::per_region]
+    if cuts[-1] != edges[-1]:
+        cuts = np.append(cuts, edges[-1])
+    return [slice(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def modelfit_to_zarr(
@@ -77,8 +87,14 @@ def modelfit_to_zarr(
     Regions already recorded as done in ``store`` are skipped, so a run that
     was interrupted resumes where it stopped. Returns the result opened lazily
     from the store. A Dataset is fitted like :func:`~xarray_modelfit.modelfit`
-    does (outputs prefixed ``{var}_``); the work is split along an iterated dim
-    that every fitted variable has.
+    does (outputs prefixed ``{var}_``).
+
+    The work is split along the iterated dim (shared by every fitted variable)
+    with the most chunks, ties going to the first in the data's dim order. A
+    region is a run of whole chunks of that dim, computed together so that
+    parallel schedulers have work for several workers: at most ``REGION_CHUNKS``
+    (4) chunks, fewer when the dim has fewer than 16 chunks so that there are
+    still at least 4 regions to resume from (one chunk each if it has fewer).
 
     Before resuming, the job recorded in ``store`` is compared with this call,
     and a store written by a different job raises :class:`ModelFitError` naming
@@ -87,9 +103,10 @@ def modelfit_to_zarr(
     (``p0``, ``bounds``, ``weights``, ``mask``, ``coords``, ``fitter_kwargs``,
     ...), the data's dims, shape and dtype, its coordinates, the chunks, and a
     fingerprint of the data's values. The fingerprint hashes in-memory (numpy)
-    data whole, but of lazy (dask or file-backed) data only its first and last
-    chunk, so as not to read the whole input again on every resume: a change of
-    values elsewhere in a lazy input of the same shape is **not** detected. Give
+    data whole, but of dask data only its first and last block (two chunks
+    read), and of other lazy (file-backed) data only its first and last ~1M
+    values, so as not to read the whole input again on every resume: a change
+    of values elsewhere in a lazy input of the same shape is **not** detected. Give
     a new store, or ``overwrite=True``, when the data changed. Tie functions and
     callables are compared by name only.
 
@@ -121,8 +138,8 @@ def modelfit_to_zarr(
     if "compute" in kwargs:
         raise ModelFitError("modelfit_to_zarr always computes; do not pass compute=")
     lazy = modelfit(obj, model, dims, compute=False, scheduler=scheduler, **kwargs).drop_encoding()
-    dim = _split_dim(lazy, obj)
     lazy = _same_chunks(lazy)
+    dim = _split_dim(lazy, obj)
     regions = _regions(lazy, dim, lazy.sizes[dim])
     store = Path(store)
     job = _job(obj, lazy, kwargs, dim, regions)
@@ -170,20 +187,28 @@ def modelfit_to_zarr(
 
 
 def _split_dim(lazy: xr.Dataset, obj) -> Hashable:
-    """The first iterated dim that every output variable has (regions are cut along it)."""
-    iter_dims = [d for d in lazy.dims if d in obj.dims]
+    """The iterated dim that every output variable has with the most chunks (regions are cut
+    along it); ties go to the first in the data's own dim order."""
+    arrays = [obj] if isinstance(obj, xr.DataArray) else [obj[n] for n in _fitted(lazy, obj)]
+    ordered = list(dict.fromkeys(d for a in arrays for d in a.dims))
+    iter_dims = [d for d in ordered if d in lazy.dims]
     if not iter_dims:
         raise ModelFitError("modelfit_to_zarr needs at least one iterated dim to split the work")
-    for d in iter_dims:
-        if all(d in var.dims for var in lazy.data_vars.values()):
-            return d
-    dims_of = {
-        str(name): list(obj[name].dims) for name in json.loads(lazy.attrs["data_vars_fitted"])
-    }
+    shared = [d for d in iter_dims if all(d in var.dims for var in lazy.data_vars.values())]
+    if shared:
+        chunks = lazy.chunksizes
+        return max(shared, key=lambda d: len(chunks.get(d, (0,))))  # max keeps the first of ties
+    dims_of = {str(a.name): list(a.dims) for a in arrays}
     raise ModelFitError(
         f"modelfit_to_zarr splits the work along an iterated dim that every fitted variable has, "
         f"but the variables {dims_of} share none; write each variable to its own store"
     )
+
+
+def _fitted(lazy: xr.Dataset, obj) -> list[Hashable]:
+    """Names of the fitted variables of a Dataset input (all of them if the result does not say)."""
+    names = json.loads(lazy.attrs.get("data_vars_fitted", "null"))
+    return list(obj.data_vars) if names is None else names
 
 
 def _same_chunks(lazy: xr.Dataset) -> xr.Dataset:
@@ -217,6 +242,7 @@ def _job(
         n: [list(map(str, arrays[n].dims)), list(arrays[n].shape), str(arrays[n].dtype)]
         for n in names
     }
+    job["data chunks"] = {n: arrays[n].chunks and list(map(list, arrays[n].chunks)) for n in names}
     job["data values"] = {n: _fingerprint(arrays[n].variable) for n in names}
     job["coordinates"] = {
         str(k): [list(map(str, c.dims)), _fingerprint(c.variable)] for k, c in obj.coords.items()
@@ -285,11 +311,14 @@ def _variable(array) -> xr.Variable:
 
 
 def _fingerprint(var: xr.Variable) -> Any:
-    """Small in-memory arrays as values, else a hash: of all values in memory, of the ends if lazy.
+    """Small in-memory arrays as values, else a hash: of all values in memory, of two chunks if lazy.
 
-    A lazy (dask or file-backed) array is hashed by its first and last
-    ``_SAMPLE`` values (whole trailing dims): the same elements whatever its
-    chunks, read without loading the array.
+    A dask array is hashed by its chunks and its first and last block
+    (``arr.blocks[0, 0, ...]`` and ``arr.blocks[-1, -1, ...]``): exactly two
+    chunks are read, whatever the array's size, so the hash depends on the
+    chunks and a change of values in any other chunk is **not** seen. A lazy
+    array that is not a dask array (file-backed, opened without chunks) is
+    hashed by its first and last ``_SAMPLE`` values (whole trailing dims).
     """
     in_memory = var.chunks is None and getattr(var, "_in_memory", False)
     if in_memory and var.size <= _LISTED:
@@ -298,15 +327,21 @@ def _fingerprint(var: xr.Variable) -> Any:
     digest.update(repr((var.shape, str(var.dtype))).encode())
     if in_memory:
         blocks = [var.values]
+    elif var.chunks is not None:
+        import dask
+
+        arr = var.data
+        digest.update(repr(arr.chunks).encode())
+        ends = (
+            [arr]
+            if arr.npartitions == 1
+            else [arr.blocks[(0,) * arr.ndim], arr.blocks[(-1,) * arr.ndim]]
+        )
+        blocks = dask.compute(*ends, scheduler="synchronous")
     else:
         head, tail = _ends(var.shape)
         parts = [var[head]] if var[head].size == var.size else [var[head], var[tail]]
-        if any(part.chunks is not None for part in parts):
-            import dask
-
-            blocks = dask.compute(*(part.data for part in parts), scheduler="synchronous")
-        else:
-            blocks = [part.values for part in parts]
+        blocks = [part.values for part in parts]
     for block in blocks:
         block = np.asarray(block)
         digest.update(
