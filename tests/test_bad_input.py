@@ -91,6 +91,7 @@ def data():
             "engine='batched' cannot fit this",
         ),
         ({"chunk_n_max": 0}, ModelFitError, "chunk_n_max must be a positive integer"),
+        ({"chunk_n_max": True}, ModelFitError, "chunk_n_max must be a positive integer, got True"),
         ({"fitter_kwargs": [1]}, TypeError, "fitter_kwargs must be a mapping"),
         (
             {"data_unit": "furlongs-ish"},

@@ -411,7 +411,9 @@ def _fit_dataarray(
         )
     check_fitter_kwargs(fitter, fitter_kwargs or {})
     if chunk_n_max is not None and (
-        not isinstance(chunk_n_max, int | np.integer) or chunk_n_max < 1
+        not isinstance(chunk_n_max, int | np.integer)
+        or isinstance(chunk_n_max, bool)
+        or chunk_n_max < 1
     ):
         raise ModelFitError(f"chunk_n_max must be a positive integer, got {chunk_n_max!r}")
 
