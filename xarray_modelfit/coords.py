@@ -151,6 +151,26 @@ def world_inputs(
 _PIXEL_SOURCE = "pixel index along"
 
 
+def world_ranges(world: xr.DataArray, fit_dims) -> tuple[list, list, list]:
+    """Per model input of the stacked world array: its min, max and typical spacing.
+
+    The spacing is the median non-zero step along the fitting dims only (a
+    coordinate that also varies per position does not shrink it); 1 when there
+    is none. An input with no finite value has NaN for its range.
+    """
+    lo, hi, step = [], [], []
+    for i in range(world.sizes[INPUT_DIM]):
+        w = world.isel({INPUT_DIM: i})
+        v = np.asarray(w.values, dtype=float)
+        finite = np.isfinite(v).any()
+        lo.append(float(np.nanmin(v)) if finite else np.nan)
+        hi.append(float(np.nanmax(v)) if finite else np.nan)
+        d = np.concatenate([np.abs(np.diff(v, axis=w.get_axis_num(d))).ravel() for d in fit_dims])
+        d = d[np.isfinite(d) & (d > 0)]
+        step.append(float(np.median(d)) if d.size else 1.0)
+    return lo, hi, step
+
+
 def is_pixel_source(source: str) -> bool:
     """Whether a :attr:`World.source` (``attrs["world_sources"]``) is the pixel index."""
     return source.startswith(_PIXEL_SOURCE)

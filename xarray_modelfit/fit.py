@@ -28,7 +28,7 @@ from xarray_modelfit._validate import (
     select_engine,
     validate_model_fitter,
 )
-from xarray_modelfit.coords import INPUT_DIM, world_inputs
+from xarray_modelfit.coords import INPUT_DIM, world_inputs, world_ranges
 from xarray_modelfit.errors import ModelFitError, ModelFitTypeError
 from xarray_modelfit.kernel import diagnostics as _diag
 from xarray_modelfit.kernel.block import EngineSetup, free_mask
@@ -310,11 +310,11 @@ def _data_unit(obj: xr.DataArray, model, data_unit, what: str):
     model without units (the fit is the same), so they warn instead of stopping the run."""
     from xarray_modelfit.errors import warn
 
-    if data_unit is not None or model._has_units:
-        return parse_unit(data_unit if data_unit is not None else obj.attrs.get("units"), what=what)
     try:
-        return parse_unit(obj.attrs.get("units"), what=what)
+        return parse_unit(data_unit if data_unit is not None else obj.attrs.get("units"), what=what)
     except ModelFitError as exc:
+        if data_unit is not None or model._has_units:
+            raise
         warn(f"{exc}; the data are fitted as plain numbers (data_unit= gives them a unit)")
         return None
 
@@ -458,7 +458,7 @@ def _fit_dataarray(
     p0_da, lower, upper = (
         a.chunk({PARAM_DIM: -1}) if a.chunks else a for a in (p0_da, lower, upper)
     )
-    unitless = _linear_domains(_scalar_parameters(unitless), fitter, world)
+    unitless = _linear_domains(_scalar_parameters(unitless), fitter, world, fit_dims)
     engine_name = select_engine(engine, unitless, fitter)
     weights_da = aux_array(weights, obj, fit_dims, "weights", np.float64)
     mask_da = aux_array(mask, obj, fit_dims, "mask", bool)
@@ -573,7 +573,7 @@ def _scalar_parameters(model):
     return model
 
 
-def _linear_domains(model, fitter, world: xr.DataArray):
+def _linear_domains(model, fitter, world: xr.DataArray, fit_dims):
     """A polynomial without a domain, fitted by ``LinearLSQFitter``, gets the axis's range.
 
     astropy's ``LinearLSQFitter`` sets such a model's ``domain`` (``x_domain``,
@@ -588,11 +588,12 @@ def _linear_domains(model, fitter, world: xr.DataArray):
     todo = [n for n in names if hasattr(model, n) and getattr(model, n) is None]
     if not isinstance(fitter, LinearLSQFitter) or not todo:
         return model
+    lo, hi, _ = world_ranges(world, fit_dims)
     model = model.copy()
     for name in todo:
-        x = np.asarray(world.isel({INPUT_DIM: names[name]}).values, dtype=float)
-        if np.isfinite(x).any():
-            setattr(model, name, (float(np.nanmin(x)), float(np.nanmax(x))))
+        i = names[name]
+        if np.isfinite(lo[i]):
+            setattr(model, name, (lo[i], hi[i]))
     return model
 
 

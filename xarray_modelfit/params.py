@@ -17,8 +17,9 @@ import numpy as np
 import xarray as xr
 
 from xarray_modelfit._validate import align_labels
-from xarray_modelfit.coords import INPUT_DIM
+from xarray_modelfit.coords import world_ranges
 from xarray_modelfit.errors import ModelFitError, ModelFitTypeError
+from xarray_modelfit.kernel.block import free_mask
 from xarray_modelfit.units import to_param_unit
 
 PARAM_DIM = "param"
@@ -169,8 +170,8 @@ def bounds_arrays(
 
 def _check_something_free(model, lows, highs) -> None:
     """Equal bounds pin a parameter; if they pin every free one everywhere, nothing is fitted."""
-    free = [j for j, n in enumerate(model.param_names) if not model.fixed[n] and not model.tied[n]]
-    if free and all(bool((lows[j] == highs[j]).all()) for j in free):
+    free = np.flatnonzero(free_mask(model))
+    if free.size and all(bool((lows[j] == highs[j]).all()) for j in free):
         raise ModelFitError(
             "bounds pin every free parameter (lower == upper everywhere): there is nothing "
             "to fit (use .modelfit.evaluate on a result, or widen a bound)"
@@ -215,20 +216,10 @@ def axis_bounds(model, world: xr.DataArray, fit_dims) -> tuple[dict, float]:
     Also returns the smallest step, by which initial values are moved inside.
     """
     from xarray_modelfit.errors import warn
-    from xarray_modelfit.kernel.guess import axis_bounds
+    from xarray_modelfit.kernel.guess import axis_bounds as peak_bounds
 
-    lo, hi, step = [], [], []
-    for i in range(world.sizes[INPUT_DIM]):
-        w = world.isel({INPUT_DIM: i})
-        v = np.asarray(w.values, dtype=float)
-        lo.append(np.nanmin(v))
-        hi.append(np.nanmax(v))
-        d = np.concatenate(
-            [np.abs(np.diff(v, axis=w.get_axis_num(dim))).ravel() for dim in fit_dims]
-        )
-        d = d[np.isfinite(d) & (d > 0)]  # spacing along the fitting dims only
-        step.append(float(np.median(d)) if d.size else 1.0)
-    bounds = axis_bounds(model, lo, hi, step)
+    lo, hi, step = world_ranges(world, fit_dims)
+    bounds = peak_bounds(model, lo, hi, step)
     if not bounds:
         warn(
             f"bounds='auto' bounds nothing in {model.name or type(model).__name__}: it knows the "

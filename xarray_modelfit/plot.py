@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from xarray_modelfit.results import fitted_variables, prefixes
+
 __all__ = ["plot_fit", "plot_maps"]
 
 
@@ -33,16 +35,7 @@ def _check_result(result) -> None:
 
 def _default_prefix(result: xr.Dataset, prefix: str | None) -> str:
     """The prefix of the first fitted variable of a Dataset fit, else ``""``."""
-    if prefix is not None:
-        return prefix
-    if "data_vars_fitted" in result.attrs:
-        return f"{json.loads(result.attrs['data_vars_fitted'])[0]}_"
-    return ""
-
-
-def _fitted_vars(result: xr.Dataset) -> list[str]:
-    """The variables of a Dataset fit (empty for a DataArray's result)."""
-    return json.loads(result.attrs.get("data_vars_fitted", "[]"))
+    return prefixes(result)[0] if prefix is None else prefix
 
 
 def _resolve(result: xr.Dataset, names: Sequence[str], prefix: str | None) -> list[str]:
@@ -65,7 +58,7 @@ def _resolve(result: xr.Dataset, names: Sequence[str], prefix: str | None) -> li
 
 def _split(result: xr.Dataset, full: str) -> tuple[str | None, str]:
     """``(variable, name)`` of a result variable: ``"pr_slope"`` -> ``("pr", "slope")``."""
-    owners = [v for v in _fitted_vars(result) if full.startswith(f"{v}_")]
+    owners = [v for v in fitted_variables(result) if full.startswith(f"{v}_")]
     if not owners:
         return None, full
     var = max(owners, key=len)
@@ -253,13 +246,13 @@ def plot_fit(
     from xarray_modelfit.kernel.status import STATUS_TABLE, Status
 
     if isinstance(data, xr.Dataset):
-        fitted = _fitted_vars(result) or [str(v) for v in data.data_vars][:1] or ["var"]
+        fitted = fitted_variables(result) or [str(v) for v in data.data_vars][:1] or ["var"]
         raise ModelFitTypeError(
             f"plot_fit draws one variable, but data is a Dataset (variables "
             f"{list(map(str, data.data_vars))}); pass one variable with its prefix, e.g. "
             f"plot_fit(data[{fitted[0]!r}], result, prefix={fitted[0] + '_'!r}, ...)"
         )
-    if prefix is None and data.name is not None and str(data.name) in _fitted_vars(result):
+    if prefix is None and data.name is not None and str(data.name) in fitted_variables(result):
         prefix = f"{data.name}_"  # the data's own variable of a Dataset fit
     prefix = _default_prefix(result, prefix)
     fit_dims = json.loads(result.attrs["fit_dims"])

@@ -11,9 +11,9 @@ from xarray_modelfit.kernel.status import FIRST_FAILURE, STATUS_TABLE, Status
 
 
 def _prefixes(result: xr.Dataset) -> list[str]:
-    if "data_vars_fitted" in result.attrs:
-        return [f"{v}_" for v in json.loads(result.attrs["data_vars_fitted"])]
-    return [""]
+    from xarray_modelfit.results import prefixes
+
+    return prefixes(result)
 
 
 def _check_prefix(result: xr.Dataset, prefix: str | None) -> list[str]:

@@ -140,6 +140,16 @@ def _attrs(model, unitless, units_ctx, fit_dims, worlds, fitter, engine, obj) ->
     return attrs
 
 
+def fitted_variables(result: xr.Dataset) -> list[str]:
+    """The data variables a Dataset input's result holds fits of (empty for a DataArray's)."""
+    return json.loads(result.attrs.get("data_vars_fitted", "[]"))
+
+
+def prefixes(result: xr.Dataset) -> list[str]:
+    """The name prefix of every fit in ``result``: ``["co_", ...]``, or ``[""]``."""
+    return [f"{v}_" for v in fitted_variables(result)] or [""]
+
+
 def counts(ds: xr.Dataset, prefixes: Sequence[str] = ("",)) -> dict[str, int]:
     """Outcome counts of a computed result."""
     statuses = np.concatenate([np.asarray(ds[f"{p}fit_status"].values).ravel() for p in prefixes])

@@ -178,11 +178,9 @@ def modelfit_to_zarr(
     result = xr.open_zarr(store)
     result.attrs.pop(DONE_ATTR, None)
     result.attrs.pop(JOB_ATTR, None)
-    from xarray_modelfit.results import counts
+    from xarray_modelfit.results import counts, prefixes
 
-    names = json.loads(result.attrs.get("data_vars_fitted", "null"))
-    prefixes = [f"{n}_" for n in names] if names is not None else [""]
-    result.attrs.update(counts(result, prefixes=prefixes))
+    result.attrs.update(counts(result, prefixes=prefixes(result)))
     return result
 
 
@@ -207,8 +205,9 @@ def _split_dim(lazy: xr.Dataset, obj) -> Hashable:
 
 def _fitted(lazy: xr.Dataset, obj) -> list[Hashable]:
     """Names of the fitted variables of a Dataset input (all of them if the result does not say)."""
-    names = json.loads(lazy.attrs.get("data_vars_fitted", "null"))
-    return list(obj.data_vars) if names is None else names
+    from xarray_modelfit.results import fitted_variables
+
+    return fitted_variables(lazy) or list(obj.data_vars)
 
 
 def _same_chunks(lazy: xr.Dataset) -> xr.Dataset:
@@ -237,7 +236,7 @@ def _job(
             value = fitting.TRFLSQFitter()  # modelfit's default
         job[f"argument {name}"] = _describe(value)
     arrays = {str(obj.name): obj} if isinstance(obj, xr.DataArray) else obj.data_vars
-    names = json.loads(lazy.attrs.get("data_vars_fitted", json.dumps(list(arrays))))
+    names = _fitted(lazy, obj) if isinstance(obj, xr.Dataset) else list(arrays)
     job["data dims, shape and dtype"] = {
         n: [list(map(str, arrays[n].dims)), list(arrays[n].shape), str(arrays[n].dtype)]
         for n in names

@@ -174,44 +174,48 @@ def run_engine(block: FitBlock, plan: FitPlan) -> BlockResult:
     if not block.active.any():
         return BlockResult.empty(block.n, layout.n_params, layout.covariance)
     if plan.engine == "loop":
-        return _flag_huge(
-            block, _flag_unmoved(block, _engine("loop")(block, plan.setup), plan.setup)
-        )
+        return _flag(block, _engine("loop")(block, plan.setup), plan.setup)
     try:
         result = _engine(plan.engine)(block, plan.setup)
     except Exception:
-        return _flag_huge(
-            block, _flag_unmoved(block, _engine("loop")(block, plan.setup), plan.setup)
-        )
-    result = _flag_huge(block, _flag_unmoved(block, result, plan.setup))
+        return _flag(block, _engine("loop")(block, plan.setup), plan.setup)
+    result = _flag(block, result, plan.setup)
     if plan.setup.diagnostics is not None:
         _write_diagnostics(block, result, plan.setup)
     return result
 
 
-def _flag_unmoved(block: FitBlock, result: BlockResult, setup: EngineSetup) -> BlockResult:
-    """A nonlinear fit that "converged" without moving from its initial values.
+def _flag(block: FitBlock, result: BlockResult, setup: EngineSetup) -> BlockResult:
+    """Convergences that should not be trusted become ``CONVERGED_WITH_WARNINGS``.
 
-    That happens when the convergence tests pass at the start: on data of
-    ~1e-30 the gradient is below scipy's absolute ``gtol``; on data of ~1e30
-    every trial step is rejected until ``xtol`` stops the fit. The parameters
-    are the initial values, so the fit is flagged rather than reported as a
-    clean convergence.
+    - The fit stopped at its initial values: the convergence tests passed at the
+      start (on data of ~1e-30 the gradient is below scipy's absolute ``gtol``;
+      on ~1e30 every trial step is rejected until ``xtol`` stops the fit).
+    - The (weighted) data exceed ``HUGE_DATA``: on a Gaussian cube scaled by
+      1e18-1e30, both astropy's fitters and the batched engine stop at wrong
+      parameters while reporting convergence.
     """
     from astropy.modeling.fitting import LinearLSQFitter
 
-    if isinstance(setup.fitter, LinearLSQFitter):
+    clean = block.active & (result.status == Status.CONVERGED)
+    if not clean.any():
         return result
-    model = setup.model
-    free = free_mask(model)
-    same = np.all(result.params[:, free] == block.p0[:, free], axis=1)
-    unmoved = block.active & (result.status == Status.CONVERGED) & same
-    for i in np.flatnonzero(unmoved):
-        result.status[i] = Status.CONVERGED_WITH_WARNINGS
-        result.messages[int(i)] = (
+    if not isinstance(setup.fitter, LinearLSQFitter):
+        free = free_mask(setup.model)
+        same = np.all(result.params[:, free] == block.p0[:, free], axis=1)
+        _warn(result, clean & same, lambda i: (
             "stopped at the initial values: the convergence tests passed without any step "
             "(check the scale of the data and the initial values)"
-        )
+        ))  # fmt: skip
+    y = np.where(block.valid, block.y, 0.0)
+    if block.weights is not None:
+        y *= np.where(block.valid, block.weights, 0.0)
+    with np.errstate(invalid="ignore"):
+        peak = np.abs(y).max(axis=1, initial=0.0)
+    _warn(result, clean & (peak > HUGE_DATA), lambda i: (
+        f"the (weighted) data reach {peak[i]:.3g}: beyond {HUGE_DATA:g} the convergence "
+        "tests of the fitters are unreliable; rescale the data (e.g. data_unit=...)"
+    ))  # fmt: skip
     return result
 
 
@@ -219,26 +223,10 @@ def _flag_unmoved(block: FitBlock, result: BlockResult, setup: EngineSetup) -> B
 HUGE_DATA = 1e16
 
 
-def _flag_huge(block: FitBlock, result: BlockResult) -> BlockResult:
-    """A fit of data beyond ``HUGE_DATA`` is not reported as a clean convergence.
-
-    On a Gaussian cube scaled by 1e18-1e30, both astropy's fitters and the batched
-    engine stop at wrong parameters while reporting convergence: the fit is
-    flagged, and the message says to rescale the data.
-    """
-    y = np.where(block.valid, np.abs(block.y), 0.0)
-    if block.weights is not None:
-        y = y * np.where(block.valid, np.abs(block.weights), 0.0)
-    with np.errstate(invalid="ignore"):
-        peak = np.nanmax(np.where(np.isfinite(y), y, 0.0), axis=1, initial=0.0)
-    huge = block.active & (peak > HUGE_DATA) & (result.status == Status.CONVERGED)
-    for i in np.flatnonzero(huge):
+def _warn(result: BlockResult, rows: np.ndarray, message) -> None:
+    for i in np.flatnonzero(rows & (result.status == Status.CONVERGED)):
         result.status[i] = Status.CONVERGED_WITH_WARNINGS
-        result.messages[int(i)] = (
-            f"the (weighted) data reach {peak[i]:.3g}: beyond {HUGE_DATA:g} the convergence "
-            "tests of the fitters are unreliable; rescale the data (e.g. data_unit=...)"
-        )
-    return result
+        result.messages[int(i)] = message(i)
 
 
 def _write_diagnostics(block: FitBlock, result: BlockResult, setup: EngineSetup) -> None:
