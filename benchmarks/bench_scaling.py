@@ -130,10 +130,10 @@ def synthetic(n: int, rows_per_chunk: int, seed: int = SEED):
     sizes = [min(rows_per_chunk, ny - y0) for y0 in starts]
     cube = da.concatenate([
         da.from_delayed(dask.delayed(_block)(y0, r, ny, nx, seed), (NCHAN, r, nx), np.float32)
-        for y0, r in zip(starts, sizes)], axis=1)
+        for y0, r in zip(starts, sizes, strict=True)], axis=1)
     true = da.concatenate([
         da.from_delayed(dask.delayed(_true_mean)(y0, r, ny, nx, seed), (r, nx), np.float64)
-        for y0, r in zip(starts, sizes)], axis=0)
+        for y0, r in zip(starts, sizes, strict=True)], axis=0)
     v = np.linspace(-12.0, 12.0, NCHAN)
     cube = xr.DataArray(cube, dims=("velocity", "y", "x"), name="intensity", attrs={"units": "K"},
                         coords={"velocity": ("velocity", v, {"units": "km s-1"})})
@@ -177,7 +177,7 @@ def run_case(engine: str, n: int, lazy: bool, rows_per_chunk: int) -> dict:
             converged=float(np.mean(status <= 1)), mean_nfev=float(result["fit_nfev"].mean()),
             median_mean_err=float(np.nanmedian(np.abs(result["mean"].values - true.values))),
             max_mean_err=float(np.nanmax(np.abs(result["mean"].values - true.values))),
-            status_counts={int(k): int(c) for k, c in zip(*np.unique(status, return_counts=True))},
+            status_counts={int(k): int(c) for k, c in zip(*np.unique(status, return_counts=True), strict=True)},
         )
     return row
 

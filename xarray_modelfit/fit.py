@@ -331,8 +331,23 @@ def _of_variable(value, what: str, name, names):
     return value[name]
 
 
-def _chunked(obj: xr.DataArray, fit_dims, iter_dims, n_max: int) -> xr.DataArray:
-    """Fitting dims in one chunk, at most ``n_max`` fits per chunk; keep good native chunks."""
+#: fewest fits per chunk worth a chunk of their own (a chunk costs a few milliseconds)
+_MIN_SPREAD_FITS = 1000
+
+
+def _cores() -> int:
+    """Cores dask's threaded scheduler uses."""
+    from dask.system import CPU_COUNT
+
+    return max(1, int(CPU_COUNT))
+
+
+def _chunked(obj: xr.DataArray, fit_dims, iter_dims, n_max: int, spread: int = 0) -> xr.DataArray:
+    """Fitting dims in one chunk, at most ``n_max`` fits per chunk; keep good native chunks.
+
+    ``spread``: in-memory data of at most ``spread * n_max`` fits is split into
+    ``spread`` equal chunks (the batched engine's chunks run in parallel on threads).
+    """
     import dask
 
     n_points = math.prod(obj.sizes[d] for d in fit_dims)
@@ -341,6 +356,16 @@ def _chunked(obj: xr.DataArray, fit_dims, iter_dims, n_max: int) -> xr.DataArray
         fits_per_chunk = math.prod(max(chunks[d]) for d in iter_dims) if iter_dims else 1
         if all(len(chunks[d]) == 1 for d in fit_dims) and fits_per_chunk <= n_max:
             return obj
+    n_fits = math.prod(obj.sizes[d] for d in iter_dims)
+    if spread and iter_dims and n_fits <= spread * n_max:
+        # a cube that fits in a few chunks: equal slabs along its longest iterated
+        # dim, one per core, so that the cores share the work evenly
+        longest = max(iter_dims, key=lambda d: obj.sizes[d])
+        pieces = min(spread, obj.sizes[longest], n_fits // _MIN_SPREAD_FITS)
+        if pieces > 1:
+            return obj.chunk(
+                {d: -1 for d in obj.dims} | {longest: -(-obj.sizes[longest] // pieces)}
+            )
     limit = max(n_max * n_points * obj.dtype.itemsize, 1)
     spec = {d: -1 for d in fit_dims} | {d: "auto" for d in iter_dims}
     with dask.config.set({"array.chunk-size": limit}):
@@ -464,7 +489,8 @@ def _fit_dataarray(
     mask_da = aux_array(mask, obj, fit_dims, "mask", bool)
 
     n_max = chunk_n_max or DEFAULT_CHUNK_N_MAX[engine_name]
-    data = _chunked(obj.drop_vars(list(obj.coords)), fit_dims, iter_dims, n_max)
+    spread = _cores() if engine_name == "batched" and chunk_n_max is None else 0
+    data = _chunked(obj.drop_vars(list(obj.coords)), fit_dims, iter_dims, n_max, spread)
     if diagnostics is not None and iter_dims:
         position = xr.concat(
             [xr.DataArray(np.arange(obj.sizes[d]), dims=(d,)) for d in iter_dims], dim=AXIS_DIM

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from xarray_modelfit.kernel import compiled
 from xarray_modelfit.kernel.status import Status
 
 EPS = np.finfo(float).eps
@@ -105,7 +106,7 @@ def _wsum(y: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 def _eig(B: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eigenvalues ``s2 >= 0`` (ascending), vectors ``V`` and ``V^T g``."""
-    s2, V = np.linalg.eigh(B)
+    s2, V = compiled.eigh(B)
     return np.maximum(s2, 0.0), V, np.einsum("nkj,nk->nj", V, g)
 
 
@@ -560,10 +561,19 @@ def pinv_cov(
     C = A / (Ns[:, :, None] * Ns[:, None, :])
     C[:, np.arange(K), np.arange(K)] = 1.0
     C = np.where(pinned[:, :, None] | pinned[:, None, :], np.eye(K), C)
-    lam, V = np.linalg.eigh(C)
-    easy = (lam[:, 0] > 1e-8 * lam[:, -1]) & ~zero.any(axis=1)
     with np.errstate(all="ignore"):
-        cov = np.einsum("nik,nk,njk->nij", V, 1.0 / lam, V) / (N[:, :, None] * N[:, None, :])
+        # unit diagonal: cond(C) <= K^K / det(C); where that bound (doubled for
+        # rounding) is below 1e8 the inverse is the pseudo-inverse, no eigenvalues needed
+        det = np.linalg.det(C) if K else np.ones(n)
+        sure = (det > 0) & (2.0 * float(K) ** K / det < 1e8) & ~zero.any(axis=1)
+        cov = np.empty((n, K, K))
+        cov[sure] = np.linalg.inv(C[sure])
+        easy = sure.copy()
+        rest = np.flatnonzero(~sure)
+        lam, V = compiled.eigh(C[rest])
+        easy[rest] = (lam[:, 0] > 1e-8 * lam[:, -1]) & ~zero[rest].any(axis=1)
+        cov[rest] = (V / lam[:, None, :]) @ V.transpose(0, 2, 1)
+        cov /= N[:, :, None] * N[:, None, :]
     rank_ok = easy.copy()
     hard = np.flatnonzero(~easy)
     if hard.size:

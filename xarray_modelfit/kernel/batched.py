@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xarray_modelfit.kernel import _lsq
+from xarray_modelfit.kernel import _lsq, compiled
 from xarray_modelfit.kernel.block import BlockResult, EngineSetup, FitBlock
 from xarray_modelfit.kernel.problem import (
     NONLINEAR_FITTERS,
@@ -147,10 +147,10 @@ class _Evaluator:
         row blocks, J never formed in full."""
         n, m = r.shape
         A, g = np.empty((n, 3, 3)), np.empty((n, 3))
-        c = q[:, 0:1] / q[:, 2:3]
         bs = max(1, _BLOCK_ELEMENTS // max(1, m))
         ein = np.einsum
         with np.errstate(all="ignore"):
+            c = q[:, 0:1] / q[:, 2:3]
             for i in range(0, n, bs):
                 j = slice(i, i + bs)
                 if idx is None:
@@ -265,11 +265,14 @@ def fit_batched(block: FitBlock, setup: EngineSetup) -> BlockResult:
     }
     step = max(1, _CHUNK_ELEMENTS // max(1, block.y.shape[1]))
     ill: list[np.ndarray] = []
+    fast = compiled.spec(prob, len(block.x), minpack)
     for start in range(0, rows.size, step):  # bounded temporaries, cache-friendly arrays
         data = _block_data(block, rows[start : start + step], prob)
         q0 = np.clip(data.p0[:, prob.free], data.lo, data.hi)
         ev = _Evaluator(prob, data)
-        if minpack:
+        if fast is not None:
+            out = compiled.trf(*fast, prob.free, data, q0, opts, res.messages)
+        elif minpack:
             out = _lsq.minpack(ev, q0, opts, res.messages)
         else:
             nval = data.valid.sum(axis=1)
@@ -296,17 +299,28 @@ def _ill_scaled(A: np.ndarray) -> np.ndarray:
     """Fits whose ``J^T J`` is too ill-conditioned for the normal equations."""
     if A.shape[0] == 0 or A.shape[1] < 2:
         return np.zeros(A.shape[0], bool)
+    K = A.shape[1]
     with np.errstate(all="ignore"):
         d = np.sqrt(np.abs(np.einsum("nkk->nk", A)))
         ok = np.all(np.isfinite(A), axis=(1, 2)) & np.all(d > 0, axis=1)
-        A = np.where(ok[:, None, None], A, np.eye(A.shape[1]))
+        A = np.where(ok[:, None, None], A, np.eye(K))
         d = np.where(ok[:, None], d, 1.0)
-        scaled = np.linalg.eigvalsh(A / d[:, :, None] / d[:, None, :])
-        cond_scaled = scaled[:, -1] / np.abs(scaled[:, 0])
-        # the raw condition number, bounded by the scaled one and the spread of the
-        # diagonal (eigvalsh of the raw matrix cannot resolve it: that is the problem)
-        cond_raw = cond_scaled * (d.max(axis=1) / d.min(axis=1)) ** 2
-    return ok & (cond_raw > _ILL_CONDITIONED) & (cond_scaled > _CORRELATED)
+        C = A / d[:, :, None] / d[:, None, :]
+        spread = (d.max(axis=1) / d.min(axis=1)) ** 2
+        # C has a unit diagonal: its eigenvalues sum to K, so cond(C) <= K^K / det(C)
+        # (twice that for rounding); only fits this bound cannot clear need eigenvalues
+        det = np.linalg.det(C)
+        bound = np.where(det > 0, 2.0 * float(K) ** K / det, np.inf)
+        check = np.flatnonzero(ok & (bound > _CORRELATED) & (bound * spread > _ILL_CONDITIONED))
+        ill = np.zeros(A.shape[0], bool)
+        if check.size:
+            scaled = compiled.eigh(C[check])[0]
+            cond_scaled = scaled[:, -1] / np.abs(scaled[:, 0])
+            # the raw condition number, bounded by the scaled one and the spread of the
+            # diagonal (eigvalsh of the raw matrix cannot resolve it: that is the problem)
+            cond_raw = cond_scaled * spread[check]
+            ill[check] = (cond_raw > _ILL_CONDITIONED) & (cond_scaled > _CORRELATED)
+    return ill
 
 
 def _refit_by_loop(block: FitBlock, setup: EngineSetup, res: BlockResult, rows) -> BlockResult:
