@@ -235,3 +235,13 @@ def test_eigh_matches_numpy(K):
     np.testing.assert_allclose(
         V.transpose(0, 2, 1) @ V, np.broadcast_to(np.eye(K), A.shape), atol=1e-13
     )
+
+
+@pytest.mark.parametrize("K", [1, 3, 6])
+def test_inv_matches_numpy_and_marks_singular(K):
+    rng = np.random.default_rng(111)
+    A = rng.normal(size=(200, K, K)) + 3 * np.eye(K)
+    A[0] = 0.0
+    out = compiled.inv(A)
+    assert np.all(np.isnan(out[0]))
+    np.testing.assert_allclose(out[1:], np.linalg.inv(A[1:]), rtol=1e-10, atol=1e-12)

@@ -636,6 +636,42 @@ def eigh_all(A, w, V, M):
         _eigh(A[i], w[i], V[i], M)
 
 
+@_jit
+def inv_all(A, out, M):
+    """Inverse of every matrix of ``A`` (n, K, K) by Gauss-Jordan elimination with
+    partial pivoting; NaN where a pivot is exactly zero. ``M``: (K, K) scratch."""
+    K = A.shape[1]
+    for i in range(A.shape[0]):
+        Ai, X = A[i], out[i]
+        for r in range(K):
+            for c in range(K):
+                M[r, c] = Ai[r, c]
+                X[r, c] = 1.0 if r == c else 0.0
+        for c in range(K):
+            piv = c
+            for r in range(c + 1, K):
+                if abs(M[r, c]) > abs(M[piv, c]):
+                    piv = r
+            if M[piv, c] == 0.0:
+                for r in range(K):
+                    for k in range(K):
+                        X[r, k] = _NAN
+                break
+            for k in range(K):
+                M[c, k], M[piv, k] = M[piv, k], M[c, k]
+                X[c, k], X[piv, k] = X[piv, k], X[c, k]
+            f = 1.0 / M[c, c]
+            for k in range(K):
+                M[c, k] *= f
+                X[c, k] *= f
+            for r in range(K):
+                if r != c and M[r, c] != 0.0:
+                    f = M[r, c]
+                    for k in range(K):
+                        M[r, k] -= f * M[c, k]
+                        X[r, k] -= f * X[c, k]
+
+
 def scratch(m: int, P: int, K: int) -> tuple:
     """Workspace of :func:`trf_all` for fits of ``m`` points, ``P`` parameters, ``K`` free."""
     e = np.empty

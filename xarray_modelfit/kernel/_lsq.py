@@ -567,7 +567,7 @@ def pinv_cov(
         det = np.linalg.det(C) if K else np.ones(n)
         sure = (det > 0) & (2.0 * float(K) ** K / det < 1e8) & ~zero.any(axis=1)
         cov = np.empty((n, K, K))
-        cov[sure] = np.linalg.inv(C[sure])
+        cov[sure] = compiled.inv(C[sure])
         easy = sure.copy()
         rest = np.flatnonzero(~sure)
         lam, V = compiled.eigh(C[rest])

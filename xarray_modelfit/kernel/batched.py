@@ -384,7 +384,8 @@ def _finalise(prob: Problem, data: Data, out: dict, res: BlockResult, weighted: 
     res.nfev[rows] = out["nfev"]
     usable = (Status.CONVERGED, Status.CONVERGED_WITH_WARNINGS, Status.MAX_ITERATIONS)
     sel = np.flatnonzero(np.isin(status, usable))
-    d, ab = data.take(sel), rows[sel]
+    # y only for finite-difference Jacobians (copying it is a pass over the data)
+    d, ab = data.take(sel, skip=("y",) if prob.analytic else ()), rows[sel]
     p = prob.full(out["q"][sel], d.p0)
     chi2 = 2 * out["F"][sel]
     nval = d.valid.sum(axis=1)

@@ -207,11 +207,14 @@ def _flag(block: FitBlock, result: BlockResult, setup: EngineSetup) -> BlockResu
             "stopped at the initial values: the convergence tests passed without any step "
             "(check the scale of the data and the initial values)"
         ))  # fmt: skip
-    y = np.where(block.valid, block.y, 0.0)
-    if block.weights is not None:
-        y *= np.where(block.valid, block.weights, 0.0)
     with np.errstate(invalid="ignore"):
-        peak = np.abs(y).max(axis=1, initial=0.0)
+        if block.weights is None and block.valid.all() and block.y.shape[1]:
+            peak = np.maximum(block.y.max(axis=1), -block.y.min(axis=1))
+        else:
+            y = np.where(block.valid, block.y, 0.0)
+            if block.weights is not None:
+                y *= np.where(block.valid, block.weights, 0.0)
+            peak = np.abs(y).max(axis=1, initial=0.0)
     _warn(result, clean & (peak > HUGE_DATA), lambda i: (
         f"the (weighted) data reach {peak[i]:.3g}: beyond {HUGE_DATA:g} the convergence "
         "tests of the fitters are unreliable; rescale the data (e.g. data_unit=...)"
@@ -325,6 +328,8 @@ def _statistics(out, block, result, layout, n_free: int, good: np.ndarray) -> No
 
 def _total_sum_squares(block: FitBlock) -> np.ndarray:
     """Weighted sum of squares about the weighted mean (for R squared)."""
+    if block.weights is None and block.valid.all() and block.y.shape[1]:  # common: 2 passes
+        return block.y.var(axis=1) * block.y.shape[1]
     w2 = block.valid.astype(float)
     if block.weights is not None:
         w2 = w2 * np.where(block.valid, block.weights, 0.0) ** 2

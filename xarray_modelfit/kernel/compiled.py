@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["eigh", "spec", "trf"]
+__all__ = ["eigh", "inv", "spec", "trf"]
 
 #: leaf codes and their parameter counts
 GAUSSIAN1D, CONST1D, LINEAR1D = 0, 1, 2
@@ -120,6 +120,16 @@ def eigh(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     w, V = np.empty(A.shape[:2]), np.empty(A.shape)
     _kernels().eigh_all(A, w, V, np.empty(A.shape[1:]))
     return w, V
+
+
+def inv(A: np.ndarray) -> np.ndarray:
+    """``np.linalg.inv`` of a stack of small matrices (n, K, K); NaN where singular."""
+    A = np.ascontiguousarray(A, dtype=np.float64)
+    if _numba() is None or A.ndim != 3 or A.shape[1] > 10:
+        return np.linalg.inv(A)
+    out = np.empty(A.shape)
+    _kernels().inv_all(A, out, np.empty(A.shape[1:]))
+    return out
 
 
 @functools.cache
