@@ -80,6 +80,7 @@ def machine_info() -> dict:
     """nproc, CPU, memory, python and library versions, date."""
     import astropy
     import dask
+    import numba
     import numpy
     import scipy
     import xarray
@@ -102,6 +103,7 @@ def machine_info() -> dict:
         "astropy": astropy.__version__,
         "xarray": xarray.__version__,
         "dask": dask.__version__,
+        "numba": numba.__version__,
         "xarray_modelfit": getattr(xarray_modelfit, "__version__", "?"),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "loadavg_1_5_15min": [round(x, 2) for x in os.getloadavg()],  # includes any other work on the machine

@@ -7,7 +7,7 @@ For sums of ``Gaussian1D``, ``Const1D`` and ``Linear1D`` (one line, one line
 on a baseline, several lines) this module runs the same algorithm compiled by
 numba: each fit evaluates its model, residuals and normal equations in one
 pass over its points per trial step, and the trust-region algebra on
-``K x K`` matrices runs in registers instead of on ``(n, K, K)`` arrays.
+``K x K`` matrices runs on small scratch arrays instead of ``(n, K, K)`` arrays.
 
 It is :func:`xarray_modelfit.kernel._lsq.trf` step by step, per fit (the same
 Moré iteration, Coleman-Li scaling, ``select_step``, strictly feasible
