@@ -218,7 +218,7 @@ def test_order_and_chunking_do_not_matter():
 
 
 # --------------------------------------------------------------------------- eigen-solves
-@pytest.mark.parametrize("K", [1, 2, 3, 5, 9])
+@pytest.mark.parametrize("K", [1, 2, 3, 5, 9, 14])
 def test_eigh_matches_numpy(K):
     rng = np.random.default_rng(110)
     X = rng.normal(size=(300, 30, K)) * 10.0 ** rng.uniform(-5, 5, (300, 1, K))
@@ -245,3 +245,17 @@ def test_inv_matches_numpy_and_marks_singular(K):
     out = compiled.inv(A)
     assert np.all(np.isnan(out[0]))
     np.testing.assert_allclose(out[1:], np.linalg.inv(A[1:]), rtol=1e-10, atol=1e-12)
+
+
+def test_eigh_extreme_scales_and_non_finite():
+    """Entries near the overflow and underflow limits, and NaN / inf (NaN eigenvalues)."""
+    big = np.array([[1e160, 9e159], [9e159, 1e160]])
+    tiny = np.array([[3e-320, 1e-320], [1e-320, 2e-320]])
+    A = np.stack(
+        [big, big * 1e-320, tiny, [[np.nan, 0.0], [0.0, 1.0]], [[np.inf, 1.0], [1.0, 1.0]]]
+    )
+    w, _ = compiled.eigh(A)
+    np.testing.assert_allclose(w[0], np.linalg.eigvalsh(big), rtol=1e-14)
+    np.testing.assert_allclose(w[1], np.linalg.eigvalsh(big * 1e-320), rtol=1e-12)
+    assert np.all(np.isfinite(w[2])) and np.all(np.abs(w[2]) < 1e-319)
+    assert np.all(np.isnan(w[3:]))

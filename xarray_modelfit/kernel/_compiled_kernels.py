@@ -33,7 +33,8 @@ _NAN, _INF = math.nan, math.inf
 # (below ``sqrt(tiny)``) are 0 in ``J^T J``: changes below 1e-150 of the normal
 # equations' entries, except where all of J is that small, and there J is
 # rescaled by ``sig`` first (see :func:`_eval`), as in the numpy solver.
-_LOG_TINY = math.log(np.finfo(float).tiny)
+_TINY = float(np.finfo(float).tiny)
+_LOG_TINY = math.log(_TINY)
 _TINY_J = math.sqrt(np.finfo(float).tiny)
 #: small helpers inlined into their callers (no call or reference-counting cost)
 _inline = njit(cache=True, nogil=True, error_model="numpy", inline="always", _nrt=False)
@@ -252,7 +253,7 @@ def _eigh(B, s2, V, M):
         for j in range(K):
             M[i, j] = B[i, j]
             V[i, j] = 1.0 if i == j else 0.0
-            fro = max(fro, abs(B[i, j]))
+            fro = _max(fro, abs(B[i, j]))  # NaN stays NaN
     if not math.isfinite(fro):
         s2[:] = _NAN
         return
@@ -261,8 +262,8 @@ def _eigh(B, s2, V, M):
         for i in range(K - 1):
             for j in range(i + 1, K):
                 # negligible next to its diagonal (Demmel and Veselic's criterion): zero
-                if abs(M[i, j]) <= _EPS * math.sqrt(abs(M[i, i] * M[j, j])) or (
-                    abs(M[i, j]) <= _DWARF_ROT * fro
+                if abs(M[i, j]) <= _EPS * math.sqrt(abs(M[i, i])) * math.sqrt(abs(M[j, j])) or (
+                    abs(M[i, j]) <= max(_DWARF_ROT * fro, _TINY)
                 ):
                     M[i, j] = M[j, i] = 0.0
                     continue

@@ -112,10 +112,10 @@ def trf(
 
 def eigh(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.linalg.eigh`` of a stack of small symmetric matrices (n, K, K), by
-    Jacobi rotations: several times faster for K <= 10 or so, eigenvalues to a
-    few eps of the largest."""
+    Jacobi rotations: several times faster for the K of a model's free parameters,
+    eigenvalues to a few eps of the largest, NaN for a matrix with NaN or inf."""
     A = np.ascontiguousarray(A, dtype=np.float64)
-    if _numba() is None or A.ndim != 3 or A.shape[1] > 10:
+    if _numba() is None:
         return np.linalg.eigh(A)
     w, V = np.empty(A.shape[:2]), np.empty(A.shape)
     _kernels().eigh_all(A, w, V, np.empty(A.shape[1:]))
@@ -125,7 +125,7 @@ def eigh(A: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def inv(A: np.ndarray) -> np.ndarray:
     """``np.linalg.inv`` of a stack of small matrices (n, K, K); NaN where singular."""
     A = np.ascontiguousarray(A, dtype=np.float64)
-    if _numba() is None or A.ndim != 3 or A.shape[1] > 10:
+    if _numba() is None:
         return np.linalg.inv(A)
     out = np.empty(A.shape)
     _kernels().inv_all(A, out, np.empty(A.shape[1:]))
