@@ -22,9 +22,10 @@ _sum = njit(
     cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"}, _nrt=False
 )
 
-_RUNNING, _CONVERGED, _MAX_ITERATIONS, _SINGULAR = -1, 0, 2, 3
+_RUNNING, _CONVERGED, _CONVERGED_WITH_WARNINGS, _MAX_ITERATIONS, _SINGULAR = -1, 0, 1, 2, 3
 _EPS = float(np.finfo(float).eps)
 _RANK_TOL = 10 * _EPS
+_DWARF = float(np.finfo(float).tiny)
 _DWARF_ROT = 1e-3 * _EPS * _EPS  # off-diagonal entries below this x max |B|: zero
 _NAN, _INF = math.nan, math.inf
 # Subnormal numbers cost some hundred cycles an operation: the far wings of a
@@ -157,15 +158,21 @@ def _full(p0, free, q, p):
 
 
 @_sum
-def _eval(codes, offs, free, pin, x, y, w, valid, p, A, g, ws):
+def _eval(codes, offs, free, pin, x, y, w, valid, p, pd, same, A, g, ws):
     """Cost ``F = 1/2 sum r^2`` at ``p``, and the normal equations there as the
     numpy solver's ``ev.normal``: ``A = (sig J)^T (sig J)`` and ``g = (sig J)^T r``
     (pinned columns zero), J scaled by a power of two ``sig`` where ``J^T J`` would
     under- or overflow. One evaluation of the model; returns ``(F, sig, bad)``
-    (``bad``: A or g non-finite, both then zero)."""
-    f, D, r, Jc = ws
+    (``bad``: A or g non-finite, both then zero). Unless ``same``, the derivatives
+    are taken at ``pd`` (MINPACK with bounds: the model sees clipped parameters,
+    ``fit_deriv`` the parameters as they are)."""
+    f, D, r, Jc, D2 = ws
     K = free.size
-    _model(codes, offs, p, x, f, D)
+    if same:
+        _model(codes, offs, p, x, f, D)
+    else:
+        _model(codes, offs, pd, x, f, D)
+        _model(codes, offs, p, x, f, D2)
     F = 0.0
     for j in range(y.size):
         rj = w[j] * (f[j] - y[j])
@@ -294,6 +301,18 @@ def _eigh(B, s2, V, M):
             j -= 1
 
 
+@_jit
+def _eig(B, g, s2, V, suf, M):
+    """``_lsq._eig``: eigenvalues ``s2 >= 0`` (ascending), vectors ``V``, ``V^T g``."""
+    _eigh(B, s2, V, M)
+    for j in range(g.size):
+        s2[j] = max(s2[j], 0.0)
+        acc = 0.0
+        for k in range(g.size):
+            acc += V[k, j] * g[k]
+        suf[j] = acc
+
+
 @_inline
 def _phi(s2, suf, al, d):
     """scipy's ``phi_and_derivative``."""
@@ -322,13 +341,7 @@ def _more(B, g, delta, alpha, mrows, p, M, eig_v, eig_u, eig_V):
     if fin and pn <= delta:
         return 0.0
     s2, suf, V = eig_v, eig_u, eig_V
-    _eigh(B, s2, V, M)
-    for j in range(K):
-        s2[j] = max(s2[j], 0.0)
-        acc = 0.0
-        for k in range(K):
-            acc += V[k, j] * g[k]
-        suf[j] = acc
+    _eig(B, g, s2, V, suf, M)
     full = mrows >= K and s2[0] > _RANK_TOL * s2[K - 1]
     pgn2 = 0.0
     for j in range(K):
@@ -496,20 +509,10 @@ def _feasible(q, lo, hi, rstep, out):
 
 # --------------------------------------------------------------------------- TRF
 @_jit
-def _trf_one(codes, offs, free, x, y, w, valid, p0, q, lo, hi, pin, nval, ftol, xtol, gtol,
-             maxfev, A, A0, res, p, ws, vec, mat, sel):  # fmt: skip
-    """One fit by ``_lsq.trf``; ``q`` and ``A`` are updated in place; ``res`` gets
-    ``(status, nfev, F, sig, message code)``. ``ws``: the model's workspace,
-    ``p`` (P,), ``vec`` (14, K), ``mat`` (4, K, K) and ``sel`` (7, K): scratch."""
-    K = free.size
-    g, g_, v, dv, d, g_h, p_h, step, step_h, qn, qs, w1, w2, gn_ = vec
-    B, M, An, V = mat
-    msg = 0
-    _copy(q, qs)
-    _feasible(qs, lo, hi, 1e-10, q)
-    _full(p0, free, q, p)
-    F, sig, bad = _eval(codes, offs, free, pin, x, y, w, valid, p, A, g, ws)
-    code = _RUNNING
+def _start(codes, offs, free, pin, x, y, w, valid, p, pd, same, A, A0, g, ws):
+    """``_lsq._start`` for one fit: ``(F, sig, status, message code)``; ``A0`` = ``A``."""
+    F, sig, bad = _eval(codes, offs, free, pin, x, y, w, valid, p, pd, same, A, g, ws)
+    code, msg = _RUNNING, 0
     if not math.isfinite(F):
         code, msg = _SINGULAR, 1
         A[:] = 0.0
@@ -517,6 +520,23 @@ def _trf_one(codes, offs, free, x, y, w, valid, p0, q, lo, hi, pin, nval, ftol, 
     elif bad:
         code, msg = _SINGULAR, 3
     _copy2(A, A0)
+    return F, sig, code, msg
+
+
+@_jit
+def _trf_one(codes, offs, free, x, y, w, valid, p0, q, lo, hi, pin, nval, ftol, xtol, gtol,
+             maxfev, A, A0, res, pp, ws, vec, mat, sel):  # fmt: skip
+    """One fit by ``_lsq.trf``; ``q`` and ``A`` are updated in place; ``res`` gets
+    ``(status, nfev, F, sig, message code)``. ``ws``: the model's workspace,
+    ``pp`` (2, P), ``vec`` (16, K), ``mat`` (4, K, K) and ``sel`` (7, K): scratch."""
+    K = free.size
+    p = pp[0]
+    g, g_, v, dv, d, g_h, p_h, step, step_h, qn, qs, w1, w2, gn_ = vec[:14]
+    B, M, An, V = mat
+    _copy(q, qs)
+    _feasible(qs, lo, hi, 1e-10, q)
+    _full(p0, free, q, p)
+    F, sig, code, msg = _start(codes, offs, free, pin, x, y, w, valid, p, p, True, A, A0, g, ws)
     nfev = 1
     bounded = False
     for k in range(K):
@@ -568,7 +588,7 @@ def _trf_one(codes, offs, free, x, y, w, valid, p0, q, lo, hi, pin, nval, ftol, 
         _feasible(qs, lo, hi, 0.0, qn)
         _full(p0, free, qn, p)
         # the normal equations at the trial point in the same pass: most steps are taken
-        Fn, sig_n, bad_n = _eval(codes, offs, free, pin, x, y, w, valid, p, An, gn_, ws)
+        Fn, sig_n, bad_n = _eval(codes, offs, free, pin, x, y, w, valid, p, p, True, An, gn_, ws)
         nfev += 1
         fin = math.isfinite(Fn)
         if not fin:
@@ -609,25 +629,235 @@ def _trf_one(codes, offs, free, x, y, w, valid, p0, q, lo, hi, pin, nval, ftol, 
 
 
 @_jit
-def trf_all(codes, offs, free, x, y, w, valid, p0, q0, lo, hi, pin, nval, ftol, xtol, gtol,
-            maxfev, q_out, status, nfev, F_out, A_out, sig_out, A0_out, msg, scratch):  # fmt: skip
-    """Every fit of the block by :func:`_trf_one`; ``scratch`` from :func:`scratch`."""
-    n = y.shape[0]
-    res, p, ws, vec, mat, sel = scratch
-    for i in range(n):
+def fit_all(lm, codes, offs, free, x, y, w, valid, p0, q0, lo, hi, pin, nval, jac_raw, ftol,
+            xtol, gtol, maxfev, q_out, status, nfev, F_out, A_out, sig_out, A0_out, msg,
+            scratch):  # fmt: skip
+    """Every fit of the block by :func:`_lm_one` (``lm``) or :func:`_trf_one`;
+    ``scratch`` from :func:`scratch`."""
+    res, pp, ws, vec, mat, sel = scratch
+    for i in range(y.shape[0]):
         xi = x[i] if x.shape[0] > 1 else x[0]
         wi = w[i] if w.shape[0] > 1 else w[0]
         _copy(q0[i], q_out[i])
-        _trf_one(codes, offs, free, xi, y[i], wi, valid[i], p0[i], q_out[i], lo[i], hi[i],
-                 pin[i], nval[i], ftol, xtol, gtol, maxfev, A_out[i], A0_out[i], res, p, ws,
-                 vec, mat, sel)  # fmt: skip
+        if lm:
+            _lm_one(codes, offs, free, xi, y[i], wi, valid[i], p0[i], q_out[i], lo[i], hi[i],
+                    pin[i], jac_raw, ftol, xtol, gtol, maxfev, A_out[i], A0_out[i], res, pp,
+                    ws, vec, mat)  # fmt: skip
+        else:
+            _trf_one(codes, offs, free, xi, y[i], wi, valid[i], p0[i], q_out[i], lo[i], hi[i],
+                     pin[i], nval[i], ftol, xtol, gtol, maxfev, A_out[i], A0_out[i], res, pp,
+                     ws, vec, mat, sel)  # fmt: skip
         status[i], nfev[i], F_out[i], sig_out[i], msg[i] = (
-            int(res[0]),
-            int(res[1]),
-            res[2],
-            res[3],
-            int(res[4]),
+            int(res[0]), int(res[1]), res[2], res[3], int(res[4])
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- MINPACK
+@_jit
+def _lmpar(Bs, gs, delta, par, u, M, s2, suf, V, ugn, ut):
+    """``_lsq._lmpar`` for one fit: step ``u`` (filled) and the LM parameter."""
+    K = gs.size
+    _gauss_newton(Bs, gs, u, M)
+    fin = True
+    for k in range(K):
+        fin &= math.isfinite(u[k])
+    if fin and math.sqrt(_dot(u, u)) - delta <= 0.1 * delta:
+        return 0.0
+    _eig(Bs, gs, s2, V, suf, M)
+    top = s2[K - 1]
+    full = s2[0] > _RANK_TOL * top
+    for k in range(K):
+        acc = 0.0
+        for j in range(K):
+            acc += V[k, j] * (suf[j] / s2[j] if s2[j] > _RANK_TOL * top else 0.0)
+        ugn[k] = -acc
+    dx = math.sqrt(_dot(ugn, ugn))
+    fp = dx - delta
+    gn = fp <= 0.1 * delta
+    ws = 0.0
+    for j in range(K):
+        y = suf[j] / s2[j] / dx
+        ws += y * y / s2[j]
+    parl = (fp / delta) / ws
+    if not (full and math.isfinite(parl)):
+        parl = 0.0
+    gnorm = math.sqrt(_dot(suf, suf))
+    paru = gnorm / delta
+    if paru == 0:
+        paru = _DWARF / _min(delta, 0.1)
+    p = _min(_max(par, parl), paru)
+    if p == 0:
+        p = gnorm / dx
+    if not math.isfinite(p):
+        p = 0.0
+    _copy(ugn, ut)
+    if not gn:
+        for it in range(1, 11):
+            if p == 0:
+                p = _max(_DWARF, 1e-3 * paru)
+            for k in range(K):
+                acc = 0.0
+                for j in range(K):
+                    acc += V[k, j] * (suf[j] / (s2[j] + p))
+                ut[k] = -acc
+            dxn = math.sqrt(_dot(ut, ut))
+            temp = fp
+            fp = dxn - delta
+            if abs(fp) <= 0.1 * delta or (parl == 0 and fp <= temp and temp < 0) or it == 10:
+                break
+            ws = 0.0
+            for j in range(K):
+                den = s2[j] + p
+                y = suf[j] / den / dxn
+                ws += y * y / den
+            parc = (fp / delta) / ws
+            if fp > 0:
+                parl = _max(parl, p)
+            if fp < 0:
+                paru = _min(paru, p)
+            p = _max(parl, p + parc)
+    for k in range(K):
+        u[k] = ugn[k] if gn else ut[k]
+        if not math.isfinite(u[k]):
+            u[k] = 0.0
+    return 0.0 if gn else p
+
+
+@_inline
+def _lm_params(p0, free, q, lo, hi, jac_raw, p, pd, qc):
+    """Parameters the model sees (free ones clipped to their bounds, as astropy's
+    ``use_min_max_bounds``) into ``p``; False if ``fit_deriv`` must see others (``pd``)."""
+    same = True
+    for k in range(q.size):
+        c = q[k]
+        if c < lo[k]:
+            c = lo[k]
+        if c > hi[k]:
+            c = hi[k]
+        qc[k] = c
+        same &= c == q[k]
+    _full(p0, free, qc, p)
+    if jac_raw and not same:
+        _full(p0, free, q, pd)
+        return False
+    return True
+
+
+@_jit
+def _lm_one(codes, offs, free, x, y, w, valid, p0, q, lo, hi, pin, jac_raw, ftol, xtol, gtol,
+            maxfev, A, A0, res, pp, ws, vec, mat):  # fmt: skip
+    """One fit by ``_lsq.minpack`` (MINPACK's ``lmder``); as :func:`_trf_one`."""
+    K = free.size
+    p, pd = pp[0], pp[1]
+    g, D, u, step, qn, qc, s2, suf, ugn, ut, gs, gt, gn_, cn = vec[:14]
+    B, M, An, V = mat
+    same = _lm_params(p0, free, q, lo, hi, jac_raw, p, pd, qc)
+    F, sig, code, msg = _start(codes, offs, free, pin, x, y, w, valid, p, pd, same, A, A0, g, ws)
+    nfev = 1
+    xnorm = 0.0
+    for k in range(K):
+        c = math.sqrt(A[k, k]) / sig
+        D[k] = c if c > 0 else 1.0
+        t = 0.0 if pin[k] else D[k] * q[k]
+        xnorm += t * t
+    xnorm = math.sqrt(xnorm)
+    delta = 100.0 * xnorm if xnorm > 0 else 100.0
+    par, first = 0.0, True
+    fnorm = math.sqrt(2 * F)
+    fresh = True
+    gnorm = 0.0
+    while True:
+        if fresh and code < 0:
+            gnv = 0.0
+            for k in range(K):
+                cn[k] = math.sqrt(A[k, k])  # column norms of sig J
+                cosk = abs(g[k]) / (cn[k] * fnorm)
+                gnv = _max(gnv, cosk if cn[k] > 0 else 0.0)
+            gnorm = 0.0 if fnorm == 0 else gnv
+            if gnorm <= gtol:
+                code = _CONVERGED
+            for k in range(K):
+                D[k] = _max(D[k], cn[k] / sig)
+        fresh = False
+        if code >= 0:
+            break
+        # lmpar on (B + tau par_t I) u = -tau g_t with B = (sig J / D)^T (sig J / D)
+        mx = 0.0
+        for k in range(K):
+            gs[k] = sig * (g[k] / D[k])
+            mx = _max(mx, abs(gs[k]))
+        tau = math.ldexp(1.0, math.frexp(mx if mx > 0 else 1.0)[1])
+        for a in range(K):
+            gt[a] = gs[a] / tau
+            for b in range(K):
+                B[a, b] = A[a, b] / (D[a] * D[b]) / tau
+        paru = math.sqrt(_dot(gt, gt)) / delta
+        r = tau / sig
+        par_t = paru if par > paru * r / sig else par * sig / r
+        par_t = _lmpar(B, gt, delta, par_t, u, M, s2, suf, V, ugn, ut)
+        par = par_t * r / sig
+        for k in range(K):
+            step[k] = u[k] / D[k]
+            qn[k] = q[k] + step[k]
+        pnorm = math.sqrt(_dot(u, u))
+        if first:
+            delta = _min(delta, pnorm)
+        same = _lm_params(p0, free, qn, lo, hi, jac_raw, p, pd, qc)
+        Fn, sig_n, bad_n = _eval(codes, offs, free, pin, x, y, w, valid, p, pd, same, An, gn_, ws)
+        nfev += 1
+        fin = math.isfinite(Fn)
+        if not fin:
+            code = _SINGULAR
+            msg = msg or 2
+        fnorm1 = math.sqrt(2 * Fn)
+        actred = 1 - (fnorm1 / fnorm) ** 2 if 0.1 * fnorm1 < fnorm else -1.0
+        t1 = _quad(A, step, step) / sig / sig / fnorm**2
+        t2 = par * pnorm**2 / fnorm**2
+        prered, dirder = t1 + 2 * t2, -(t1 + t2)
+        ratio = actred / prered if prered != 0 else 0.0
+        temp = 0.5 if actred >= 0 else 0.5 * dirder / (dirder + 0.5 * actred)
+        if 0.1 * fnorm1 >= fnorm or temp < 0.1:
+            temp = 0.1
+        low = ratio <= 0.25
+        grow = not low and (par == 0 or ratio >= 0.75)
+        if low:
+            delta = temp * _min(delta, pnorm / 0.1)
+            par = par / temp
+        elif grow:
+            delta = pnorm / 0.5
+            par = 0.5 * par
+        acc = fin and ratio >= 1e-4
+        if acc:
+            xnorm = 0.0
+            for k in range(K):
+                t = 0.0 if pin[k] else D[k] * qn[k]
+                xnorm += t * t
+            xnorm = math.sqrt(xnorm)
+            fnorm = fnorm1
+            first = False
+        small = abs(actred) <= ftol and prered <= ftol and 0.5 * ratio <= 1
+        conv = fin and (small or delta <= xtol * xnorm)
+        warn = (abs(actred) <= _EPS and prered <= _EPS and 0.5 * ratio <= 1) or (
+            delta <= _EPS * xnorm or gnorm <= _EPS
         )
+        if code < 0:
+            if conv:
+                code = _CONVERGED
+            elif nfev >= maxfev:
+                code = _MAX_ITERATIONS
+            elif warn and fin:
+                code, msg = _CONVERGED_WITH_WARNINGS, 4
+        fresh = acc
+        if acc:
+            _copy(qn, q)
+            F = Fn
+            _copy2(An, A)
+            _copy(gn_, g)
+            sig = sig_n
+            if bad_n and code <= _MAX_ITERATIONS:
+                code = _SINGULAR
+                msg = msg or 3
+    res[0], res[1], res[2], res[3], res[4] = code, nfev, F, sig, msg
 
 
 @_jit
@@ -676,5 +906,5 @@ def inv_all(A, out, M):
 def scratch(m: int, P: int, K: int) -> tuple:
     """Workspace of :func:`trf_all` for fits of ``m`` points, ``P`` parameters, ``K`` free."""
     e = np.empty
-    ws = (e(m), e((P, m)), e(m), e((K, m)))
-    return e(5), e(P), ws, e((14, K)), e((4, K, K)), e((7, K))
+    ws = (e(m), e((P, m)), e(m), e((K, m)), e((P, m)))
+    return e(5), e((2, P)), ws, e((16, K)), e((4, K, K)), e((7, K))

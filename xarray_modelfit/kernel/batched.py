@@ -265,13 +265,13 @@ def fit_batched(block: FitBlock, setup: EngineSetup) -> BlockResult:
     }
     step = max(1, _CHUNK_ELEMENTS // max(1, block.y.shape[1]))
     ill: list[np.ndarray] = []
-    fast = compiled.spec(prob, len(block.x), minpack)
+    fast = compiled.spec(prob, len(block.x))
     for start in range(0, rows.size, step):  # bounded temporaries, cache-friendly arrays
         data = _block_data(block, rows[start : start + step], prob)
         q0 = np.clip(data.p0[:, prob.free], data.lo, data.hi)
         ev = _Evaluator(prob, data)
         if fast is not None:
-            out = compiled.trf(*fast, prob.free, data, q0, opts, res.messages)
+            out = compiled.solve(*fast, prob, data, q0, opts, res.messages)
         elif minpack:
             out = _lsq.minpack(ev, q0, opts, res.messages)
         else:

@@ -1,25 +1,27 @@
-"""Compiled TRF for the commonest models: one fit at a time, no temporaries.
+"""Compiled TRF and LM for the commonest models: one fit at a time, no temporaries.
 
 The batched engine's numpy solver (:mod:`xarray_modelfit.kernel._lsq`) pays
 for every iteration with some 25 passes over the ``(n, m)`` points and the
 fixed cost of each numpy call; on a spectral cube that is most of its time.
 For sums of ``Gaussian1D``, ``Const1D`` and ``Linear1D`` (one line, one line
-on a baseline, several lines) this module runs the same algorithm compiled by
+on a baseline, several lines) this module runs the same algorithms compiled by
 numba: each fit evaluates its model, residuals and normal equations in one
 pass over its points per trial step, and the trust-region algebra on
 ``K x K`` matrices runs on small scratch arrays instead of ``(n, K, K)`` arrays.
 
-It is :func:`xarray_modelfit.kernel._lsq.trf` step by step, per fit (the same
-Moré iteration, Coleman-Li scaling, ``select_step``, strictly feasible
-iterates, termination tests, ``nfev`` count, the power-of-two rescaling of J
-where ``J^T J`` would under- or overflow and the same statuses), so a fit
-lands where the numpy solver and scipy's TRF land. It releases the GIL, so
-chunks run in parallel on threads.
+The kernels are :func:`xarray_modelfit.kernel._lsq.trf` (``TRFLSQFitter``,
+``DogBoxLSQFitter``) and :func:`xarray_modelfit.kernel._lsq.minpack`
+(``LevMarLSQFitter``, ``LMLSQFitter``, with astropy's clipping of bounded
+parameters) step by step, per fit: the same trust-region and LM-parameter
+iterations, Coleman-Li scaling and ``select_step``, termination tests,
+``nfev`` count, power-of-two rescaling of J where ``J^T J`` would under- or
+overflow, statuses and messages, so a fit lands where the numpy solver and
+astropy's fitter land. They release the GIL, so chunks run in parallel on
+threads.
 
-Used by :func:`xarray_modelfit.kernel.batched.fit_batched` when
-:func:`spec` accepts the problem: ``TRFLSQFitter`` or ``DogBoxLSQFitter``,
-analytic Jacobian (no ``estimate_jacobian``), no tied parameters, one input.
-Everything else (MINPACK's LM, other models, ties) runs on the numpy solver.
+Used by :func:`xarray_modelfit.kernel.batched.fit_batched` when :func:`spec`
+accepts the problem: analytic Jacobian (no ``estimate_jacobian``), no tied
+parameters, one input. Everything else runs on the numpy solver.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["eigh", "inv", "spec", "trf"]
+__all__ = ["eigh", "inv", "solve", "spec"]
 
 #: leaf codes and their parameter counts
 GAUSSIAN1D, CONST1D, LINEAR1D = 0, 1, 2
@@ -39,6 +41,7 @@ MESSAGES = {
     1: "the model is non-finite at the initial parameters",
     2: "the model became non-finite during the fit",
     3: "the Jacobian is non-finite",
+    4: "MINPACK: the tolerances are too small, no further improvement is possible",
 }
 
 
@@ -61,9 +64,9 @@ def _leaves(model: Any, codes: dict[type, int]) -> list[int] | None:
     return None if code is None else [code]
 
 
-def spec(prob: Any, n_inputs: int, minpack: bool) -> tuple[np.ndarray, np.ndarray] | None:
-    """Leaf codes and parameter offsets when the compiled TRF can fit ``prob``."""
-    if minpack or prob.ties or not prob.analytic or n_inputs != 1 or _numba() is None:
+def spec(prob: Any, n_inputs: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Leaf codes and parameter offsets when the compiled solvers can fit ``prob``."""
+    if prob.ties or not prob.analytic or n_inputs != 1 or _numba() is None:
         return None
     codes = _leaves(prob.model, _leaf_codes())
     if codes is None:
@@ -81,11 +84,12 @@ def _numba() -> Any:
     return numba
 
 
-def trf(
-    codes: np.ndarray, offs: np.ndarray, free: np.ndarray, data: Any, q0: np.ndarray,
+def solve(
+    codes: np.ndarray, offs: np.ndarray, prob: Any, data: Any, q0: np.ndarray,
     opts: dict[str, Any], messages: dict[int, str],
 ) -> dict[str, np.ndarray]:  # fmt: skip
-    """The fits of ``data`` by the compiled TRF; outputs as :func:`_lsq.trf`."""
+    """The fits of ``data`` by the compiled TRF, or MINPACK's LM if ``prob.clip``
+    (astropy's MINPACK fitters); outputs as :func:`_lsq.trf` / :func:`_lsq.minpack`."""
     n, K = q0.shape
     m = data.y.shape[1]
     f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
@@ -96,14 +100,15 @@ def trf(
         "F": np.empty(n), "A": np.empty((n, K, K)), "sig": np.empty(n), "A0": np.empty((n, K, K)),
     }  # fmt: skip
     msg = np.zeros(n, np.int64)
-    _kernels().trf_all(
-        codes, offs, free.astype(np.int64), x, f64(data.y), w,
+    kern = _kernels()
+    kern.fit_all(
+        bool(prob.clip), codes, offs, prob.free.astype(np.int64), x, f64(data.y), w,
         np.ascontiguousarray(data.valid, dtype=np.bool_), f64(data.p0), f64(q0),
         f64(data.lo), f64(data.hi), np.ascontiguousarray(data.pinned, dtype=np.bool_),
-        data.valid.sum(axis=1).astype(np.int64), float(opts["ftol"]), float(opts["xtol"]),
-        float(opts["gtol"]), int(opts["maxfev"]), out["q"], out["status"], out["nfev"],
-        out["F"], out["A"], out["sig"], out["A0"], msg,
-        _kernels().scratch(m, data.p0.shape[1], K),
+        data.valid.sum(axis=1).astype(np.int64), bool(prob.jac_raw),
+        float(opts["ftol"]), float(opts["xtol"]), float(opts["gtol"]),
+        int(opts["maxfev"]), out["q"], out["status"], out["nfev"], out["F"], out["A"],
+        out["sig"], out["A0"], msg, kern.scratch(m, data.p0.shape[1], K),
     )  # fmt: skip
     for i in np.flatnonzero(msg):
         messages.setdefault(int(data.rows[i]), MESSAGES[int(msg[i])])
