@@ -536,3 +536,25 @@ def test_at_bound_is_relative_to_the_interval_and_missing_without_a_fit():
     res = modelfit(data, model, "f", scheduler="synchronous")
     np.testing.assert_allclose(res["mean"][:2], 1.42e9 + 10e3, atol=1.0)  # 1 Hz of a 1 kHz channel
     assert res.fit_at_bound.values.tolist() == [0, 0, -1]
+
+
+def test_batched_engine_splits_an_in_memory_cube_one_slab_per_core(monkeypatch):
+    """Equal slabs along the longest iterated dim, one per core (at least 1000 fits each),
+    unless chunk_n_max is given; the result does not depend on the split."""
+    import xarray_modelfit.fit as fit_module
+
+    rng = np.random.default_rng(5)
+    v = np.linspace(-5, 5, 30)
+    y = 2 * np.exp(-0.5 * ((v[:, None, None] - 0.2) / 0.9) ** 2) + rng.normal(0, 0.1, (30, 20, 300))
+    data = xr.DataArray(y, dims=("velocity", "y", "x"), coords={"velocity": v})
+    model = models.Gaussian1D(1.5, 0.0, 1.0)
+    monkeypatch.setattr(fit_module, "_cores", lambda: 3)
+    lazy = modelfit(data, model, "velocity", compute=False)
+    assert lazy.amplitude.chunksizes["x"] == (100, 100, 100)
+    assert lazy.amplitude.chunksizes["y"] == (20,)
+    one = modelfit(data, model, "velocity", chunk_n_max=20_000, compute=False)
+    assert one.amplitude.chunksizes["x"] == (300,)
+    small = modelfit(data.isel(x=slice(0, 60)), model, "velocity", compute=False)
+    assert small.amplitude.chunksizes["x"] == (60,)  # 1200 fits: one chunk
+    a, b = lazy.compute(scheduler="threads"), one.compute(scheduler="synchronous")
+    xr.testing.assert_identical(a.amplitude, b.amplitude)
