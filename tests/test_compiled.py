@@ -295,3 +295,17 @@ def test_minpack_bounds_clip_what_the_model_sees(fitter):
     assert (fast.status <= Status.MAX_ITERATIONS).mean() > 0.9
     ok = fast.status <= Status.MAX_ITERATIONS
     assert np.all((fast.params[ok, 1] >= -0.3) & (fast.params[ok, 1] <= 0.3))
+
+
+@FITTERS
+def test_a_line_whose_values_at_the_data_are_subnormal(fitter):
+    """Every point 37.6-38.6 sigma from the line: exp gives subnormal numbers, J is tiny
+    but not zero, and both solvers rescale it the same way."""
+    x = np.linspace(-5, 5, 40)
+    n = 6
+    y = np.exp(-0.5 * x**2) + np.random.default_rng(113).normal(0, 0.01, (n, 40))
+    model = models.Gaussian1D(1, 0, 1)
+    p0 = np.column_stack([np.ones(n), 5 + 0.1 * np.linspace(37.7, 38.4, n), np.full(n, 0.1)])
+    block = make_block(model, [x], y, p0=p0)
+    fast, slow = both(model, block, fitter)
+    assert_same(fast, slow)

@@ -29,14 +29,16 @@ _DWARF = float(np.finfo(float).tiny)
 _DWARF_ROT = 1e-3 * _EPS * _EPS  # off-diagonal entries below this x max |B|: zero
 _NAN, _INF = math.nan, math.inf
 # Subnormal numbers cost some hundred cycles an operation: the far wings of a
-# narrow line would make them a spectrum's main cost. ``exp`` below the smallest
-# normal number gives 0, and Jacobian entries whose products would be subnormal
-# (below ``sqrt(tiny)``) are 0 in ``J^T J``: changes below 1e-150 of the normal
-# equations' entries, except where all of J is that small, and there J is
-# rescaled by ``sig`` first (see :func:`_eval`), as in the numpy solver.
+# narrow line would make them a spectrum's main cost. Model values ``exp(t)``
+# below the smallest normal number are taken as 0, and Jacobian entries whose
+# products would be subnormal (below ``sqrt(tiny)``) are 0 in ``J^T J``: changes
+# below 1e-150 of the normal equations' entries. Where some column of J is that
+# small in all (a line far from every point), :func:`_eval` evaluates the model
+# again with nothing flushed and rescales J by ``sig``, as the numpy solver does.
 _TINY = float(np.finfo(float).tiny)
 _LOG_TINY = math.log(_TINY)
-_TINY_J = math.sqrt(np.finfo(float).tiny)
+_EXP_ZERO = -745.2  # exp(t) == 0.0 in double precision for every t below
+_TINY_J = math.sqrt(_TINY)
 #: small helpers inlined into their callers (no call or reference-counting cost)
 _inline = njit(cache=True, nogil=True, error_model="numpy", inline="always", _nrt=False)
 
@@ -77,7 +79,7 @@ def _quad(B, s, t):
 
 # --------------------------------------------------------------------------- model
 @_sum
-def _model(codes, offs, p, x, f, D):
+def _model(codes, offs, p, x, f, D, cut):
     """Model values ``f`` at the points ``x`` and the derivatives ``D`` (P, m) by
     every parameter (astropy's ``fit_deriv`` of Gaussian1D, Const1D, Linear1D)."""
     f[:] = 0.0
@@ -90,7 +92,7 @@ def _model(codes, offs, p, x, f, D):
             for j in range(x.size):
                 z = (x[j] - mu) * inv
                 t = -0.5 * (z * z)
-                e = 0.0 if t < _LOG_TINY else math.exp(t)  # not subnormal (NaN stays)
+                e = 0.0 if t < cut else math.exp(t)  # NaN stays NaN
                 f[j] += a * e
                 dm = e * z * am
                 D[o, j], D[o + 1, j], D[o + 2, j] = e, dm, dm * z
@@ -158,6 +160,23 @@ def _full(p0, free, q, p):
 
 
 @_sum
+def _resid(codes, offs, x, y, w, valid, p, pd, same, f, D, r, D2, cut):
+    """Residuals ``r`` and ``sum r^2`` at ``p``, derivatives ``D`` at ``pd`` (at ``p``
+    if ``same``); model values ``exp(t)`` for ``t < cut`` taken as 0."""
+    if same:
+        _model(codes, offs, p, x, f, D, cut)
+    else:
+        _model(codes, offs, pd, x, f, D, cut)
+        _model(codes, offs, p, x, f, D2, cut)
+    F = 0.0
+    for j in range(y.size):
+        rj = w[j] * (f[j] - y[j])
+        r[j] = rj if valid[j] else 0.0
+        F += r[j] * r[j]
+    return F
+
+
+@_sum
 def _eval(codes, offs, free, pin, x, y, w, valid, p, pd, same, A, g, ws):
     """Cost ``F = 1/2 sum r^2`` at ``p``, and the normal equations there as the
     numpy solver's ``ev.normal``: ``A = (sig J)^T (sig J)`` and ``g = (sig J)^T r``
@@ -168,23 +187,15 @@ def _eval(codes, offs, free, pin, x, y, w, valid, p, pd, same, A, g, ws):
     ``fit_deriv`` the parameters as they are)."""
     f, D, r, Jc, D2 = ws
     K = free.size
-    if same:
-        _model(codes, offs, p, x, f, D)
-    else:
-        _model(codes, offs, pd, x, f, D)
-        _model(codes, offs, p, x, f, D2)
-    F = 0.0
-    for j in range(y.size):
-        rj = w[j] * (f[j] - y[j])
-        r[j] = rj if valid[j] else 0.0
-        F += r[j] * r[j]
+    F = _resid(codes, offs, x, y, w, valid, p, pd, same, f, D, r, D2, _LOG_TINY)
     _jac(free, pin, w, valid, D, _TINY_J, Jc)
     _gram(Jc, r, A, g)
     big, small = 0.0, 1.0
     for k in range(K):
         big, small = _max(big, A[k, k]), _min(small, A[k, k])
     sig = 1.0
-    if not (big < 1e200) or small < 1e-200:
+    if not (big < 1e200) or small < 1e-200:  # J again, nothing flushed
+        F = _resid(codes, offs, x, y, w, valid, p, pd, same, f, D, r, D2, _EXP_ZERO)
         _jac(free, pin, w, valid, D, 0.0, Jc)
         mx = 0.0
         for a in range(K):

@@ -476,12 +476,12 @@ def minpack(
         # lmpar on (B + tau par_t I) u = -tau g_t with B = (sig J / D)^T (sig J / D),
         # sig g / D = tau g_t, par = tau par_t / sig^2: tau, sig powers of two
         D, sig = s.diag, s.sig
-        gs = sig[:, None] * (s.g / D)
-        mx = np.max(np.abs(gs), axis=1, initial=0.0)
-        tau = np.ldexp(1.0, np.frexp(np.where(mx > 0, mx, 1.0))[1])
-        B = s.A / (D[:, :, None] * D[:, None, :]) / tau[:, None, None]
-        gt = gs / tau[:, None]
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            gs = sig[:, None] * (s.g / D)
+            mx = np.max(np.abs(gs), axis=1, initial=0.0)
+            tau = np.ldexp(1.0, np.frexp(np.where(mx > 0, mx, 1.0))[1])
+            B = s.A / (D[:, :, None] * D[:, None, :]) / tau[:, None, None]
+            gt = gs / tau[:, None]
             paru = _norm(gt) / s.delta  # lmpar clips par to paru: before scaling
             r = tau / sig
             par = np.where(s.par > paru * r / sig, paru, s.par * sig / r)
