@@ -879,43 +879,24 @@ def eigh_all(A, w, V, M):
 
 
 @_jit
-def inv_all(A, out, M):
-    """Inverse of every matrix of ``A`` (n, K, K) by Gauss-Jordan elimination with
-    partial pivoting; NaN where a pivot is exactly zero. ``M``: (K, K) scratch."""
+def inv_all(A, out, M, v):
+    """Inverse of every matrix of ``A`` (n, K, K), column by column with :func:`_solve`;
+    NaN where a pivot is exactly zero. ``M`` (K, K) and ``v`` (2, K): scratch."""
     K = A.shape[1]
+    e, col = v[0], v[1]
     for i in range(A.shape[0]):
-        Ai, X = A[i], out[i]
-        for r in range(K):
-            for c in range(K):
-                M[r, c] = Ai[r, c]
-                X[r, c] = 1.0 if r == c else 0.0
         for c in range(K):
-            piv = c
-            for r in range(c + 1, K):
-                if abs(M[r, c]) > abs(M[piv, c]):
-                    piv = r
-            if M[piv, c] == 0.0:
-                for r in range(K):
-                    for k in range(K):
-                        X[r, k] = _NAN
+            for k in range(K):
+                e[k] = -1.0 if k == c else 0.0  # _solve gives -B^-1 g
+            if not _solve(A[i], e, col, M):
+                out[i] = _NAN
                 break
             for k in range(K):
-                M[c, k], M[piv, k] = M[piv, k], M[c, k]
-                X[c, k], X[piv, k] = X[piv, k], X[c, k]
-            f = 1.0 / M[c, c]
-            for k in range(K):
-                M[c, k] *= f
-                X[c, k] *= f
-            for r in range(K):
-                if r != c and M[r, c] != 0.0:
-                    f = M[r, c]
-                    for k in range(K):
-                        M[r, k] -= f * M[c, k]
-                        X[r, k] -= f * X[c, k]
+                out[i, k, c] = col[k]
 
 
 def scratch(m: int, P: int, K: int) -> tuple:
-    """Workspace of :func:`trf_all` for fits of ``m`` points, ``P`` parameters, ``K`` free."""
+    """Workspace of :func:`fit_all` for fits of ``m`` points, ``P`` parameters, ``K`` free."""
     e = np.empty
     ws = (e(m), e((P, m)), e(m), e((K, m)), e((P, m)))
     return e(5), e((2, P)), ws, e((16, K)), e((4, K, K)), e((7, K))

@@ -539,6 +539,16 @@ def normal(J: list[np.ndarray], r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return A, g
 
 
+def cond_bound(C: np.ndarray) -> np.ndarray:
+    """An upper bound of the condition number of each unit-diagonal positive
+    semi-definite matrix of ``C`` (n, K, K): its eigenvalues sum to K, so
+    ``cond <= K^K / det``; doubled for rounding, inf where ``det <= 0``."""
+    K = C.shape[1]
+    with np.errstate(all="ignore"):
+        det = np.linalg.det(C) if K else np.ones(C.shape[0])
+        return np.where(det > 0, 2.0 * float(K) ** K / det, np.inf)
+
+
 def pinv_cov(
     A: np.ndarray, sig: np.ndarray, jac: Any, nval: np.ndarray, pinned: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -562,10 +572,8 @@ def pinv_cov(
     C[:, np.arange(K), np.arange(K)] = 1.0
     C = np.where(pinned[:, :, None] | pinned[:, None, :], np.eye(K), C)
     with np.errstate(all="ignore"):
-        # unit diagonal: cond(C) <= K^K / det(C); where that bound (doubled for
-        # rounding) is below 1e8 the inverse is the pseudo-inverse, no eigenvalues needed
-        det = np.linalg.det(C) if K else np.ones(n)
-        sure = (det > 0) & (2.0 * float(K) ** K / det < 1e8) & ~zero.any(axis=1)
+        # where the bound is below 1e8 the inverse is the pseudo-inverse: no eigenvalues
+        sure = (cond_bound(C) < 1e8) & ~zero.any(axis=1)
         cov = np.empty((n, K, K))
         cov[sure] = compiled.inv(C[sure])
         easy = sure.copy()

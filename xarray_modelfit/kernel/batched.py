@@ -50,7 +50,6 @@ from xarray_modelfit.kernel.status import Status
 __all__ = ["NONLINEAR_FITTERS", "batched_support", "fit_batched"]
 
 _CHUNK_ELEMENTS = 2**20  # fits x points per pass: bounds temporaries, keeps arrays in cache
-_BLOCK_ELEMENTS = 2**14  # fits x points per row block of the fused Gaussian kernels
 
 
 # --------------------------------------------------------------------------- engine
@@ -59,16 +58,6 @@ class _Evaluator:
 
     def __init__(self, prob: Problem, data: Data):
         self.prob, self.d = prob, data
-        # Gaussian1D with three free, untied parameters and the analytic Jacobian:
-        # the residual keeps ``z = (x - mean) / stddev`` and ``exp(-z^2 / 2)`` so
-        # that J at an accepted trial point reuses them
-        from astropy.modeling.functional_models import Gaussian1D
-
-        self.fast = (
-            type(prob.model) is Gaussian1D and prob.analytic and not prob.ties
-            and not prob.clip and prob.K == 3 and len(data.x) == 1
-        )  # fmt: skip
-        self.cache: tuple | None = None
 
     @property
     def rows(self) -> np.ndarray:
@@ -80,7 +69,6 @@ class _Evaluator:
 
     def take(self, keep: np.ndarray) -> None:
         self.d = self.d.take(keep)
-        self.cache = None
 
     def failed(self) -> np.ndarray:
         if not self.prob.failed:
@@ -88,105 +76,14 @@ class _Evaluator:
         return np.isin(self.d.rows, list(self.prob.failed))
 
     def resid(self, q: np.ndarray) -> np.ndarray:
-        if not self.fast:
-            return self.prob.resid(q, self.d)
-        d = self.d
-        n, m = d.shape
-        x = d.x[0]
-        amp, mean = q[:, 0:1], q[:, 1:2]
-        z, e = np.empty((n, m)), np.empty((n, m))
-        r = np.empty((n, m))
-        bs = max(1, _BLOCK_ELEMENTS // max(1, m))
-        with np.errstate(all="ignore"):
-            inv = 1.0 / q[:, 2:3]
-            for i in range(0, n, bs):  # row blocks: temporaries stay in cache
-                j = slice(i, i + bs)
-                zb, eb, rb = z[j], e[j], r[j]
-                np.subtract(x if x.shape[0] == 1 else x[j], mean[j], out=zb)
-                zb *= inv[j]
-                np.multiply(zb, zb, out=eb)
-                eb *= -0.5
-                np.exp(eb, out=eb)
-                np.multiply(eb, amp[j], out=rb)
-                rb -= d.y[j]
-                if d.w is not None:
-                    rb *= d.w[j]
-        self.cache = (q.copy(), z, e)
-        return r if d.all_valid else np.where(d.valid, r, 0.0)
-
-    def _cached(self, q: np.ndarray, idx: np.ndarray) -> tuple | None:
-        """Cached ``z`` and ``exp(-z^2/2)`` at ``idx`` if ``q`` is the last residual's point."""
-        if self.cache is None:
-            return None
-        cq, z, e = self.cache
-        full = idx.size == cq.shape[0]
-        if not np.array_equal(q, cq if full else cq[idx]):
-            return None
-        return z, e, (None if full else idx)
-
-    def _fast_jac(self, q: np.ndarray, z: np.ndarray, e: np.ndarray, idx, d: Data) -> list:
-        """J from ``z`` and ``e`` (as :func:`_gauss1d_deriv`, weights, mask, pins)."""
-        if idx is not None:
-            z, e = z[idx], e[idx]
-        with np.errstate(all="ignore"):
-            d_mean = e * z
-            d_mean *= q[:, 0:1] / q[:, 2:3]
-            J = [e.copy(), d_mean, d_mean * z]
-        if d.w is not None:
-            for Jk in J:
-                Jk *= d.w
-        if not d.all_valid:
-            for Jk in J:
-                np.copyto(Jk, 0.0, where=~d.valid)
-        if d.pinned.any():
-            J = [np.where(d.pinned[:, k : k + 1], 0.0, Jk) for k, Jk in enumerate(J)]
-        return J
-
-    def _fast_normal(self, q, z, e, idx, r) -> tuple[np.ndarray, np.ndarray]:
-        """``J^T J`` and ``J^T r`` of the plain Gaussian (no weights, mask or pins) by
-        row blocks, J never formed in full."""
-        n, m = r.shape
-        A, g = np.empty((n, 3, 3)), np.empty((n, 3))
-        bs = max(1, _BLOCK_ELEMENTS // max(1, m))
-        ein = np.einsum
-        with np.errstate(all="ignore"):
-            c = q[:, 0:1] / q[:, 2:3]
-            for i in range(0, n, bs):
-                j = slice(i, i + bs)
-                if idx is None:
-                    zb, eb = z[j], e[j]
-                else:
-                    zb, eb = z[idx[j]], e[idx[j]]
-                rb = r[j]
-                j1 = eb * zb
-                j1 *= c[j]
-                j2 = j1 * zb
-                Ab, gb = A[j], g[j]
-                Ab[:, 0, 0] = ein("nm,nm->n", eb, eb)
-                Ab[:, 0, 1] = Ab[:, 1, 0] = ein("nm,nm->n", j1, eb)
-                Ab[:, 0, 2] = Ab[:, 2, 0] = ein("nm,nm->n", j2, eb)
-                Ab[:, 1, 1] = ein("nm,nm->n", j1, j1)
-                Ab[:, 1, 2] = Ab[:, 2, 1] = ein("nm,nm->n", j2, j1)
-                Ab[:, 2, 2] = ein("nm,nm->n", j2, j2)
-                gb[:, 0] = ein("nm,nm->n", eb, rb)
-                gb[:, 1] = ein("nm,nm->n", j1, rb)
-                gb[:, 2] = ein("nm,nm->n", j2, rb)
-        return A, g
+        return self.prob.resid(q, self.d)
 
     def normal(self, q: np.ndarray, r: np.ndarray, idx: np.ndarray) -> tuple:
         d = self.d
         if idx.size != d.rows.size:
             d = d.take(idx, skip=("y",) if self.prob.analytic else ())
-        ze = self._cached(q, idx) if self.fast else None
-        if ze is None:
-            J = _jac(self.prob, q, d, r)
-            A, g = _lsq.normal(J, r)
-        elif d.w is None and d.all_valid and not d.pinned.any():
-            A, g = self._fast_normal(q, *ze, r)
-            J = None
-        else:
-            J = self._fast_jac(q, *ze, d)
-            A, g = _lsq.normal(J, r)
+        J = _jac(self.prob, q, d, r)
+        A, g = _lsq.normal(J, r)
         # J^T J under- or overflows for a model far from the data (a Gaussian
         # 30 sigma away): those rows get J scaled by a power of two ``sig``
         diag = np.einsum("nkk->nk", A)
@@ -195,8 +92,6 @@ class _Evaluator:
         sig = np.ones(len(A))
         redo = np.flatnonzero(~(big < 1e200) | (small < 1e-200))
         if redo.size:
-            if J is None:
-                J = self._fast_jac(q, *ze, d)
             mx = np.max([np.max(np.abs(Jk[redo]), axis=1) for Jk in J], axis=0)
             e = np.frexp(np.where(np.isfinite(mx) & (mx > 0), mx, 1.0))[1]
             sig[redo] = np.ldexp(1.0, np.clip(-e, -900, 900))
@@ -269,14 +164,13 @@ def fit_batched(block: FitBlock, setup: EngineSetup) -> BlockResult:
     for start in range(0, rows.size, step):  # bounded temporaries, cache-friendly arrays
         data = _block_data(block, rows[start : start + step], prob)
         q0 = np.clip(data.p0[:, prob.free], data.lo, data.hi)
-        ev = _Evaluator(prob, data)
         if fast is not None:
             out = compiled.solve(*fast, prob, data, q0, opts, res.messages)
         elif minpack:
-            out = _lsq.minpack(ev, q0, opts, res.messages)
+            out = _lsq.minpack(_Evaluator(prob, data), q0, opts, res.messages)
         else:
             nval = data.valid.sum(axis=1)
-            out = _lsq.trf(ev, q0, data.lo, data.hi, nval, opts, res.messages)
+            out = _lsq.trf(_Evaluator(prob, data), q0, data.lo, data.hi, nval, opts, res.messages)
         if prob.clip:
             out["q"] = np.clip(out["q"], data.lo, data.hi)
         _finalise(prob, data, out, res, weighted=block.weights is not None)
@@ -307,10 +201,8 @@ def _ill_scaled(A: np.ndarray) -> np.ndarray:
         d = np.where(ok[:, None], d, 1.0)
         C = A / d[:, :, None] / d[:, None, :]
         spread = (d.max(axis=1) / d.min(axis=1)) ** 2
-        # C has a unit diagonal: its eigenvalues sum to K, so cond(C) <= K^K / det(C)
-        # (twice that for rounding); only fits this bound cannot clear need eigenvalues
-        det = np.linalg.det(C)
-        bound = np.where(det > 0, 2.0 * float(K) ** K / det, np.inf)
+        # only fits that the cheap bound cannot clear need eigenvalues
+        bound = _lsq.cond_bound(C)
         check = np.flatnonzero(ok & (bound > _CORRELATED) & (bound * spread > _ILL_CONDITIONED))
         ill = np.zeros(A.shape[0], bool)
         if check.size:

@@ -133,7 +133,7 @@ def inv(A: np.ndarray) -> np.ndarray:
     if _numba() is None:
         return np.linalg.inv(A)
     out = np.empty(A.shape)
-    _kernels().inv_all(A, out, np.empty(A.shape[1:]))
+    _kernels().inv_all(A, out, np.empty(A.shape[1:]), np.empty((2, A.shape[1])))
     return out
 
 
